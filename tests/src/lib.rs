@@ -1,0 +1,1 @@
+//! Support for Strait end-to-end tests.
