@@ -1,1 +1,42 @@
-fn main() {}
+//! The `strait-proxy` binary: reads the environment, starts the runtime, runs the proxy.
+
+use strait_proxy::config::Config;
+
+fn main() {
+    let cfg = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strait-proxy: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_tracing(&cfg);
+    let rt = if cfg.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.worker_threads).enable_all().build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strait-proxy: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(strait_proxy::run::run(cfg)) {
+        tracing::error!("{e}");
+        eprintln!("strait-proxy: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log_json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}

@@ -1,0 +1,251 @@
+//! The proxy's configuration, read from the environment in one place (DESIGN §9).
+//!
+//! Every variable is checked at start-up and all errors are reported together, so a broken pod spec
+//! shows every mistake at once instead of one per restart.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Loopback only: in a pod, iptables sends the application's outbound traffic here; on a laptop the
+/// application uses it as an HTTP proxy. Nothing outside the pod should reach it.
+pub const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:7140";
+/// All interfaces: peers' proxies and redirected inbound traffic arrive on the pod's IP.
+pub const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:7143";
+/// All interfaces so Prometheus and the kubelet's probes can reach it.
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:7191";
+/// The application's own listeners are reached on loopback from the inbound side.
+pub const DEFAULT_INBOUND_LOCAL_IP: &str = "127.0.0.1";
+/// A sidecar's CPU budget is small; one worker serves a typical pod and keeps RSS low.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// How long protocol detection waits for the client's first bytes. Short, so that a
+/// server-speaks-first protocol on a port nobody marked opaque costs one second, not a hang.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// In-flight work may finish for this long after SIGTERM; Kubernetes' default
+/// terminationGracePeriodSeconds is 30 s, so the proxy exits a little before the kubelet kills it.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Connecting to a peer proxy or an application: local or in-cluster, so a second is generous.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub inbound_local_ip: std::net::IpAddr,
+    pub namespace: String,
+    pub workload: String,
+    pub service_account: String,
+    pub discovery: DiscoverySource,
+    pub identity_addr: Option<String>,
+    pub trust_anchors: Option<PathBuf>,
+    pub identity_token_file: Option<PathBuf>,
+    pub worker_threads: usize,
+    pub log: String,
+    pub log_json: bool,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Ports whose traffic skips protocol detection (server-speaks-first protocols).
+    pub inbound_opaque_ports: Vec<u16>,
+    pub outbound_opaque_ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug)]
+pub enum DiscoverySource {
+    /// A mesh file read directly (no controller): tests, demos, single-machine setups.
+    File(PathBuf),
+    /// The controller's discovery gRPC address.
+    Controller(String),
+    /// Nothing is meshed: everything passes through.
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid proxy configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get`, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        let mut addr = |key: &str, default: &str| -> SocketAddr {
+            let v = get(key).unwrap_or_else(|| default.to_string());
+            v.parse().unwrap_or_else(|_| {
+                errors.push(format!("{key}={v:?} is not an ip:port socket address"));
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            })
+        };
+        let outbound_addr = addr("STRAIT_OUTBOUND_ADDR", DEFAULT_OUTBOUND_ADDR);
+        let inbound_addr = addr("STRAIT_INBOUND_ADDR", DEFAULT_INBOUND_ADDR);
+        let admin_addr = addr("STRAIT_ADMIN_ADDR", DEFAULT_ADMIN_ADDR);
+
+        let inbound_local_ip = {
+            let v = get("STRAIT_INBOUND_LOCAL_IP").unwrap_or_else(|| DEFAULT_INBOUND_LOCAL_IP.into());
+            v.parse().unwrap_or_else(|_| {
+                errors.push(format!("STRAIT_INBOUND_LOCAL_IP={v:?} is not an IP address"));
+                std::net::IpAddr::from([127, 0, 0, 1])
+            })
+        };
+
+        let discovery = match (get("STRAIT_DISCOVERY_FILE"), get("STRAIT_DISCOVERY_ADDR")) {
+            (Some(_), Some(_)) => {
+                errors.push("set only one of STRAIT_DISCOVERY_FILE and STRAIT_DISCOVERY_ADDR".into());
+                DiscoverySource::None
+            }
+            (Some(f), None) => DiscoverySource::File(f.into()),
+            (None, Some(a)) => DiscoverySource::Controller(a),
+            (None, None) => DiscoverySource::None,
+        };
+
+        let worker_threads = match get("STRAIT_WORKER_THREADS") {
+            None => DEFAULT_WORKER_THREADS,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    errors.push(format!("STRAIT_WORKER_THREADS={v:?} is not a whole number >= 1"));
+                    DEFAULT_WORKER_THREADS
+                }
+            },
+        };
+
+        let mut duration = |key: &str, default: Duration| -> Duration {
+            match get(key) {
+                None => default,
+                Some(v) => parse_duration(&v).unwrap_or_else(|| {
+                    errors.push(format!("{key}={v:?} is not a duration such as 500ms, 2s or 1m"));
+                    default
+                }),
+            }
+        };
+        let detect_timeout = duration("STRAIT_DETECT_TIMEOUT", DEFAULT_DETECT_TIMEOUT);
+        let connect_timeout = duration("STRAIT_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT);
+        let shutdown_grace = duration("STRAIT_SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE);
+
+        let mut ports = |key: &str| -> Vec<u16> {
+            match get(key) {
+                None => Vec::new(),
+                Some(v) => parse_ports(&v).unwrap_or_else(|e| {
+                    errors.push(format!("{key}={v:?}: {e}"));
+                    Vec::new()
+                }),
+            }
+        };
+        let inbound_opaque_ports = ports("STRAIT_INBOUND_OPAQUE_PORTS");
+        let outbound_opaque_ports = ports("STRAIT_OUTBOUND_OPAQUE_PORTS");
+
+        let log_json = match get("STRAIT_LOG_FORMAT").as_deref() {
+            None | Some("plain") => false,
+            Some("json") => true,
+            Some(v) => {
+                errors.push(format!("STRAIT_LOG_FORMAT={v:?} is not plain or json"));
+                false
+            }
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Config {
+            outbound_addr,
+            inbound_addr,
+            admin_addr,
+            inbound_local_ip,
+            namespace: get("STRAIT_NAMESPACE").unwrap_or_else(|| "default".into()),
+            workload: get("STRAIT_WORKLOAD").unwrap_or_default(),
+            service_account: get("STRAIT_SERVICE_ACCOUNT").unwrap_or_else(|| "default".into()),
+            discovery,
+            identity_addr: get("STRAIT_IDENTITY_ADDR"),
+            trust_anchors: get("STRAIT_TRUST_ANCHORS").map(Into::into),
+            identity_token_file: get("STRAIT_IDENTITY_TOKEN_FILE").map(Into::into),
+            worker_threads,
+            log: get("STRAIT_LOG").unwrap_or_else(|| "info".into()),
+            log_json,
+            detect_timeout,
+            connect_timeout,
+            shutdown_grace,
+            inbound_opaque_ports,
+            outbound_opaque_ports,
+        })
+    }
+}
+
+/// `500ms`, `2s`, `1m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// `25,3306,8000-8010`.
+pub fn parse_ports(s: &str) -> Result<Vec<u16>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: u16 = a.trim().parse().map_err(|_| format!("{part:?} is not a port range"))?;
+            let b: u16 = b.trim().parse().map_err(|_| format!("{part:?} is not a port range"))?;
+            if a > b {
+                return Err(format!("{part:?} is an empty range"));
+            }
+            out.extend(a..=b);
+        } else {
+            out.push(part.parse().map_err(|_| format!("{part:?} is not a port"))?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.outbound_addr.to_string(), "127.0.0.1:7140");
+        assert_eq!(c.inbound_addr.to_string(), "0.0.0.0:7143");
+        assert_eq!(c.admin_addr.to_string(), "0.0.0.0:7191");
+        assert_eq!(c.worker_threads, 1);
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let e = cfg(&[
+            ("STRAIT_OUTBOUND_ADDR", "nope"),
+            ("STRAIT_WORKER_THREADS", "0"),
+            ("STRAIT_DETECT_TIMEOUT", "fast"),
+            ("STRAIT_INBOUND_OPAQUE_PORTS", "25,x"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn parses_durations_and_ports() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1y"), None);
+        assert_eq!(parse_ports("25, 8000-8002").unwrap(), vec![25, 8000, 8001, 8002]);
+        assert!(parse_ports("9-1").is_err());
+    }
+}

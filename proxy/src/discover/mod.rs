@@ -1,0 +1,114 @@
+//! Discovery: the one interface through which the data path learns what an authority names.
+//!
+//! An authority (`orders.demo:8080`, a cluster IP and port) resolves to a [`ServiceProfile`]: the
+//! service's endpoints with their sidecars' addresses and identities, its protocol and its policy.
+//! Sources fill one [`Table`]: a static mesh file now, the controller's gRPC stream later; the
+//! data path never knows which.
+
+pub mod profile;
+pub mod static_file;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+pub use profile::{Endpoint, ServiceProfile};
+
+/// Answers "what does this authority name?" from the current table.
+#[derive(Clone, Default)]
+pub struct Discovery {
+    table: Arc<RwLock<Table>>,
+}
+
+/// Profiles by every authority form that names them.
+#[derive(Default)]
+pub struct Table {
+    /// `host:port`, host lower-case, for every accepted name form.
+    by_name: HashMap<String, Arc<ServiceProfile>>,
+    by_addr: HashMap<SocketAddr, Arc<ServiceProfile>>,
+}
+
+impl Table {
+    pub fn insert_name(&mut self, authority: String, profile: Arc<ServiceProfile>) {
+        self.by_name.insert(authority, profile);
+    }
+
+    pub fn insert_addr(&mut self, addr: SocketAddr, profile: Arc<ServiceProfile>) {
+        self.by_addr.insert(addr, profile);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len() + self.by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Discovery {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the whole table (a static source's reload).
+    pub fn replace(&self, table: Table) {
+        match self.table.write() {
+            Ok(mut t) => *t = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+
+    /// Resolves an HTTP authority (`host[:port]`). No allocation when the authority is already in
+    /// normal form (lower-case host with a port), which is what clients send.
+    pub fn resolve_authority(&self, authority: &str) -> Option<Arc<ServiceProfile>> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = table.by_name.get(authority) {
+            return Some(p.clone());
+        }
+        if let Ok(addr) = authority.parse::<SocketAddr>() {
+            return table.by_addr.get(&addr).cloned();
+        }
+        let normal = normalize_authority(authority)?;
+        if let Some(p) = table.by_name.get(&normal) {
+            return Some(p.clone());
+        }
+        normal.parse::<SocketAddr>().ok().and_then(|a| table.by_addr.get(&a).cloned())
+    }
+
+    /// Resolves a connection's original destination (a Service's cluster IP and port).
+    pub fn resolve_addr(&self, addr: SocketAddr) -> Option<Arc<ServiceProfile>> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.by_addr.get(&addr).cloned()
+    }
+}
+
+/// Lower-case host, trailing dot removed, port made explicit (80 when absent).
+pub fn normalize_authority(authority: &str) -> Option<String> {
+    let authority = authority.trim();
+    if authority.is_empty() {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, 80), // bare IPv6
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (authority, 80),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    Some(format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(normalize_authority("Orders.Demo.").as_deref(), Some("orders.demo:80"));
+        assert_eq!(normalize_authority("orders.demo:8080").as_deref(), Some("orders.demo:8080"));
+        assert_eq!(normalize_authority("[::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(normalize_authority("a:xx"), None);
+    }
+}

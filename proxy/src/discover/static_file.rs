@@ -1,0 +1,141 @@
+//! A mesh file (DESIGN §9) read by the proxy itself: discovery without a controller, for tests,
+//! demos and single-machine setups. The file is turned into the same snapshots the controller
+//! would send, so the data path cannot tell the difference.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use strait_proto::{discovery::v1 as pb, mesh::MeshFile};
+
+use super::{ServiceProfile, Table};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StaticError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: String, source: strait_proto::mesh::ParseError },
+    #[error("{path}: service {service}: {source}")]
+    Profile { path: String, service: String, source: super::profile::ProfileError },
+}
+
+pub fn load(path: &Path, namespace: &str) -> Result<Table, StaticError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| StaticError::Read { path: p.clone(), source })?;
+    let mesh = MeshFile::parse(&text).map_err(|source| StaticError::Parse { path: p.clone(), source })?;
+    table(&mesh, namespace, "cluster.local")
+        .map_err(|(service, source)| StaticError::Profile { path: p, service, source })
+}
+
+/// Builds the table for a proxy in `namespace`: every service port under every authority form.
+pub fn table(
+    mesh: &MeshFile,
+    namespace: &str,
+    cluster_domain: &str,
+) -> Result<Table, (String, super::profile::ProfileError)> {
+    let mut t = Table::default();
+    for svc in &mesh.services {
+        for port in &svc.ports {
+            let snapshot = snapshot(mesh, svc, port);
+            let profile = Arc::new(
+                ServiceProfile::from_proto(&snapshot).map_err(|e| (format!("{}.{}", svc.name, svc.namespace), e))?,
+            );
+            let (n, ns, p) = (&svc.name, &svc.namespace, port.port);
+            for host in [
+                format!("{n}.{ns}.svc.{cluster_domain}"),
+                format!("{n}.{ns}.svc"),
+                format!("{n}.{ns}"),
+            ] {
+                t.insert_name(format!("{}:{p}", host.to_ascii_lowercase()), profile.clone());
+            }
+            if ns == namespace {
+                t.insert_name(format!("{}:{p}", n.to_ascii_lowercase()), profile.clone());
+            }
+            if let Some(ip) = svc.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+                t.insert_addr(SocketAddr::new(ip, p), profile.clone());
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn snapshot(mesh: &MeshFile, svc: &strait_proto::mesh::Service, port: &strait_proto::mesh::Port) -> pb::Service {
+    let protocol = match port.protocol.as_str() {
+        "opaque" => pb::Protocol::Opaque,
+        "grpc" => pb::Protocol::Grpc,
+        "http2" => pb::Protocol::Http2,
+        _ => pb::Protocol::Detect,
+    };
+    let endpoints = svc
+        .endpoints
+        .iter()
+        .map(|e| {
+            let mut address = e.address.clone();
+            if let (Some(tp), Ok(a)) = (port.target_port, e.address.parse::<SocketAddr>()) {
+                address = SocketAddr::new(a.ip(), tp).to_string();
+            }
+            let identity = e
+                .workload
+                .as_ref()
+                .and_then(|w| mesh.workloads.iter().find(|x| &x.name == w))
+                .filter(|_| e.proxy.is_some())
+                .map(|w| format!("spiffe://{}/ns/{}/sa/{}", mesh.trust_domain, w.namespace, w.service_account))
+                .unwrap_or_default();
+            pb::Endpoint {
+                address,
+                proxy_address: e.proxy.clone().unwrap_or_default(),
+                zone: e.zone.clone().unwrap_or_default(),
+                weight: e.weight.unwrap_or(1),
+                identity,
+                workload: e.workload.clone().unwrap_or_default(),
+            }
+        })
+        .collect();
+    pb::Service {
+        name: svc.name.clone(),
+        namespace: svc.namespace.clone(),
+        fqdn: format!("{}.{}.svc.cluster.local", svc.name, svc.namespace),
+        cluster_ips: svc.cluster_ip.iter().cloned().collect(),
+        port: port.port as u32,
+        protocol: protocol as i32,
+        endpoints,
+        routes: Vec::new(),
+        policy: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::Discovery;
+
+    #[test]
+    fn every_authority_form_resolves() {
+        let mesh = MeshFile::parse(
+            r#"
+services:
+  - name: orders
+    namespace: demo
+    clusterIP: 10.96.0.20
+    ports: [{port: 8080}, {port: 9000, protocol: opaque}]
+    endpoints:
+      - address: 127.0.0.1:18081
+        proxy: 127.0.0.1:17143
+"#,
+        )
+        .unwrap();
+        let d = Discovery::new();
+        d.replace(table(&mesh, "demo", "cluster.local").unwrap());
+        for a in ["orders.demo.svc.cluster.local:8080", "orders.demo.svc:8080", "orders.demo:8080", "orders:8080", "ORDERS.demo.:8080"] {
+            let p = d.resolve_authority(a).unwrap_or_else(|| panic!("{a}"));
+            assert_eq!(&*p.name, "orders");
+            assert_eq!(p.endpoints[0].proxy, Some("127.0.0.1:17143".parse().unwrap()));
+        }
+        assert!(d.resolve_authority("orders.demo:9000").unwrap().is_opaque());
+        assert!(d.resolve_addr("10.96.0.20:8080".parse().unwrap()).is_some());
+        assert!(d.resolve_authority("orders.other:8080").is_none());
+
+        let other = Discovery::new();
+        other.replace(table(&mesh, "elsewhere", "cluster.local").unwrap());
+        assert!(other.resolve_authority("orders:8080").is_none());
+    }
+}

@@ -1,0 +1,64 @@
+//! One body type for every request and response the proxy forwards or produces, so nothing is
+//! boxed per request: a streamed hyper body, or a small fixed one (error responses).
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+pin_project_lite::pin_project! {
+    #[project = BodyProj]
+    pub enum Body {
+        Incoming { #[pin] body: hyper::body::Incoming },
+        Fixed { data: Option<Bytes> },
+    }
+}
+
+impl Body {
+    pub fn empty() -> Self {
+        Body::Fixed { data: None }
+    }
+
+    pub fn from_static(s: &'static str) -> Self {
+        Body::Fixed { data: Some(Bytes::from_static(s.as_bytes())) }
+    }
+
+    pub fn from_bytes(b: Bytes) -> Self {
+        Body::Fixed { data: (!b.is_empty()).then_some(b) }
+    }
+}
+
+impl From<hyper::body::Incoming> for Body {
+    fn from(body: hyper::body::Incoming) -> Self {
+        Body::Incoming { body }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            BodyProj::Incoming { body } => body.poll_frame(cx),
+            BodyProj::Fixed { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Incoming { body } => body.is_end_stream(),
+            Body::Fixed { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Incoming { body } => body.size_hint(),
+            Body::Fixed { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

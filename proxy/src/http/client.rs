@@ -1,0 +1,237 @@
+//! Clients towards the next hop: HTTP/2 connections to peer proxies (one per endpoint, every
+//! request multiplexed over it), and HTTP/1 and HTTP/2 connections to plain addresses (an
+//! application behind the inbound side, or a destination outside the mesh).
+//!
+//! Connections are cached per destination and reused; a stale cached connection (the peer went
+//! away) is replaced once, transparently, when the request had not been sent on it yet.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::SocketAddr,
+    sync::Mutex,
+    time::Duration,
+};
+
+use http::Uri;
+use hyper::{body::Incoming, client::conn::http2};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::{Body, ProxyError, Request};
+use crate::transport::header::{Header, Protocol};
+
+pub type Upstream = http::Response<Incoming>;
+
+/// Idle pooled HTTP/1 connections to one application address: enough for a burst of concurrent
+/// requests to be reused, few enough that an idle sidecar holds little.
+const H1_MAX_IDLE_PER_HOST: usize = 64;
+const H1_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keeps HTTP/2 connections to peers alive through idle periods and finds dead ones.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+pub struct Clients {
+    connect_timeout: Duration,
+    h1: Client<HttpConnector, Body>,
+    h2: H2Pool<SocketAddr>,
+    peers: H2Pool<(SocketAddr, u16)>,
+}
+
+impl Clients {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(H1_MAX_IDLE_PER_HOST)
+            .pool_idle_timeout(H1_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Clients { connect_timeout, h1, h2: H2Pool::default(), peers: H2Pool::default() }
+    }
+
+    /// Sends a request over the HTTP/2 connection to a peer proxy, for its workload's `port`.
+    pub async fn to_peer(&self, proxy: SocketAddr, port: u16, req: Request) -> Result<Upstream, ProxyError> {
+        let timeout = self.connect_timeout;
+        self.peers
+            .send(&(proxy, port), req, || async move {
+                let io = connect(proxy, timeout).await?;
+                with_header(io, Header { port, protocol: Protocol::Http2 }).await
+            })
+            .await
+    }
+
+    /// Sends a request over HTTP/2 with prior knowledge to a plain address.
+    pub async fn to_h2(&self, addr: SocketAddr, req: Request) -> Result<Upstream, ProxyError> {
+        let timeout = self.connect_timeout;
+        self.h2.send(&addr, req, || connect(addr, timeout)).await
+    }
+
+    /// Sends a request over a pooled HTTP/1 connection to a plain address. The URI is rewritten to
+    /// name the address; the Host header keeps the authority the client asked for.
+    pub async fn to_h1(&self, addr: SocketAddr, mut req: Request) -> Result<Upstream, ProxyError> {
+        *req.version_mut() = http::Version::HTTP_11;
+        *req.uri_mut() = uri_for(addr, req.uri())?;
+        self.h1.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                ProxyError::ConnectFailed(std::io::Error::other(e))
+            } else {
+                ProxyError::Upstream(Box::new(e))
+            }
+        })
+    }
+
+    /// Opens a dedicated HTTP/1 connection to a peer proxy (for a request that upgrades).
+    pub async fn connect_peer_h1(&self, proxy: SocketAddr, port: u16) -> Result<TcpStream, ProxyError> {
+        let io = connect(proxy, self.connect_timeout).await.map_err(ProxyError::ConnectFailed)?;
+        with_header(io, Header { port, protocol: Protocol::Http1 }).await.map_err(ProxyError::ConnectFailed)
+    }
+
+    pub async fn connect_peer_opaque(&self, proxy: SocketAddr, port: u16) -> Result<TcpStream, ProxyError> {
+        let io = connect(proxy, self.connect_timeout).await.map_err(ProxyError::ConnectFailed)?;
+        with_header(io, Header { port, protocol: Protocol::Opaque }).await.map_err(ProxyError::ConnectFailed)
+    }
+
+    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+        connect(addr, self.connect_timeout).await.map_err(ProxyError::ConnectFailed)
+    }
+}
+
+/// `http://<addr><path?query>`.
+pub fn uri_for(addr: SocketAddr, uri: &Uri) -> Result<Uri, ProxyError> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target"))
+}
+
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+async fn with_header(mut io: TcpStream, h: Header) -> std::io::Result<TcpStream> {
+    io.write_all(&h.encode()).await?;
+    Ok(io)
+}
+
+/// Sends a request on a fresh HTTP/1 connection, upgrades allowed (the connection is then the
+/// upgraded stream's).
+pub async fn send_h1_upgrade<T>(io: T, req: Request) -> Result<Upstream, ProxyError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ProxyError::Upstream(Box::new(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgraded HTTP/1 client connection ended");
+        }
+    });
+    tx.send_request(req).await.map_err(|e| ProxyError::Upstream(Box::new(e)))
+}
+
+/// HTTP/2 connections by destination.
+pub struct H2Pool<K> {
+    conns: Mutex<HashMap<K, http2::SendRequest<Body>>>,
+}
+
+impl<K> Default for H2Pool<K> {
+    fn default() -> Self {
+        H2Pool { conns: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: Eq + Hash + Clone> H2Pool<K> {
+    fn cached(&self, key: &K) -> Option<http2::SendRequest<Body>> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.get(key).filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn evict(&self, key: &K) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.get(key).is_some_and(|s| s.is_closed()) {
+            conns.remove(key);
+        }
+    }
+
+    /// Two requests that find no connection at the same moment may both connect; the later one
+    /// replaces the earlier in the cache and both connections serve until idle. That costs one
+    /// extra handshake at start-up and keeps the lock off every await.
+    async fn connect<F, Fut, IO>(&self, key: &K, connect: F) -> Result<http2::SendRequest<Body>, ProxyError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::io::Result<IO>>,
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let io = connect().await.map_err(ProxyError::ConnectFailed)?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::ConnectFailed(std::io::Error::other(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP/2 client connection ended");
+            }
+        });
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.insert(key.clone(), tx.clone());
+        Ok(tx)
+    }
+
+    pub async fn send<F, Fut, IO>(&self, key: &K, mut req: Request, connect: F) -> Result<Upstream, ProxyError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::io::Result<IO>>,
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut fresh = false;
+        loop {
+            let mut tx = match self.cached(key) {
+                Some(tx) => tx,
+                None => {
+                    fresh = true;
+                    self.connect(key, &connect).await?
+                }
+            };
+            if tx.ready().await.is_err() {
+                self.evict(key);
+                if fresh {
+                    return Err(ProxyError::ConnectFailed(std::io::ErrorKind::ConnectionReset.into()));
+                }
+                fresh = true;
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the cached connection was dead. Try once on a new one.
+                    Some(r) if !fresh => {
+                        self.evict(key);
+                        req = r;
+                        fresh = true;
+                    }
+                    _ => return Err(ProxyError::Upstream(Box::new(e.into_error()))),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! strait-proxy owns the sidecar data path: accept, detect, discover, route and forward a pod's
+//! traffic, inbound and outbound, with golden metrics and an admin endpoint.
+
+pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod discover;
+pub mod drain;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod run;
+pub mod transport;

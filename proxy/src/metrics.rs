@@ -1,0 +1,153 @@
+//! Golden metrics (DESIGN §6), registered once and shared by every stage.
+//!
+//! Label values are bounded: service names, status codes, directions; never paths or request ids.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Latency buckets in seconds: from sub-millisecond (proxy-added latency on loopback) up to the
+/// 30 s a slow request may take.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub const REQUEST_LABELS: &[&str] = &[
+    "direction", "authority", "dst_service", "dst_namespace", "status_code", "grpc_status", "outcome", "tls",
+    "peer_id",
+];
+pub const DURATION_LABELS: &[&str] =
+    &["direction", "authority", "dst_service", "dst_namespace", "outcome", "tls", "peer_id"];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub proxy_errors: IntCounterVec,
+    pub detect: IntCounterVec,
+    pub tcp_opened: IntCounterVec,
+    pub tcp_closed: IntCounterVec,
+    pub tcp_sent: IntCounterVec,
+    pub tcp_received: IntCounterVec,
+    pub tcp_open: IntGaugeVec,
+    pub passthrough: IntCounterVec,
+    pub discovery_connected: IntGauge,
+    pub discovery_updates: IntCounterVec,
+    pub ready: IntGauge,
+    pub garbage_connections: IntCounter,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Registration fails only on a programming error (duplicate or malformed names), caught by tests.
+    r.expect("metric definitions are valid")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let requests = counter("strait_requests_total", "HTTP requests the proxy handled.", REQUEST_LABELS);
+        let proxy_errors = counter(
+            "strait_proxy_errors_total",
+            "Responses the proxy produced itself, by strait-error kind.",
+            &["direction", "dst_service", "error"],
+        );
+        let detect = counter(
+            "strait_protocol_detect_total",
+            "Connections by the protocol detected on their first bytes.",
+            &["direction", "result"],
+        );
+        let tcp_opened = counter("strait_tcp_connections_opened_total", "TCP connections accepted.", &["direction"]);
+        let tcp_closed = counter("strait_tcp_connections_closed_total", "TCP connections closed.", &["direction"]);
+        let tcp_sent = counter(
+            "strait_tcp_sent_bytes_total",
+            "Bytes written to accepted connections (towards the client).",
+            &["direction"],
+        );
+        let tcp_received = counter(
+            "strait_tcp_received_bytes_total",
+            "Bytes read from accepted connections (from the client).",
+            &["direction"],
+        );
+        let passthrough = counter(
+            "strait_passthrough_total",
+            "Connections or requests forwarded to a destination the mesh does not know.",
+            &["direction", "protocol"],
+        );
+        let discovery_updates = counter(
+            "strait_discovery_updates_total",
+            "Discovery updates received, by result (applied, rejected).",
+            &["result"],
+        );
+        let tcp_open = must(IntGaugeVec::new(
+            Opts::new("strait_tcp_connections_open", "TCP connections open now."),
+            &["direction"],
+        ));
+        must(registry.register(Box::new(tcp_open.clone())));
+        let request_duration = must(HistogramVec::new(
+            HistogramOpts::new("strait_request_duration_seconds", "Time to the response headers.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            DURATION_LABELS,
+        ));
+        must(registry.register(Box::new(request_duration.clone())));
+        let discovery_connected = must(IntGauge::new(
+            "strait_discovery_connected",
+            "1 while the proxy holds a stream to the control plane (or reads a static mesh file).",
+        ));
+        must(registry.register(Box::new(discovery_connected.clone())));
+        let ready = must(IntGauge::new("strait_ready", "1 once the proxy is ready to serve."));
+        must(registry.register(Box::new(ready.clone())));
+        let garbage_connections = must(IntCounter::new(
+            "strait_inbound_rejected_connections_total",
+            "Inbound connections closed because their first bytes were not a valid transport header.",
+        ));
+        must(registry.register(Box::new(garbage_connections.clone())));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            proxy_errors,
+            detect,
+            tcp_opened,
+            tcp_closed,
+            tcp_sent,
+            tcp_received,
+            tcp_open,
+            passthrough,
+            discovery_connected,
+            discovery_updates,
+            ready,
+            garbage_connections,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buf = String::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registers_and_encodes() {
+        let m = super::Metrics::new();
+        m.tcp_opened.with_label_values(&["outbound"]).inc();
+        assert!(m.encode().contains("strait_tcp_connections_opened_total{direction=\"outbound\"} 1"));
+    }
+}

@@ -1,0 +1,130 @@
+//! The outbound side: connections from the local application (redirected by iptables, or sent
+//! to the listener as an HTTP proxy), detected, routed by authority or original destination, and
+//! forwarded to the chosen endpoint's proxy — or passed through when the mesh does not know the
+//! destination.
+
+mod http;
+mod tcp;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    config::Config,
+    detect::{self, Detected},
+    discover::{Discovery, ServiceProfile},
+    drain::{self, Drain},
+    http::client::Clients,
+    metrics::Metrics,
+    transport::{Counted, orig_dst::orig_dst},
+};
+
+pub(crate) const DIRECTION: &str = "outbound";
+
+pub struct Outbound {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) discovery: Discovery,
+    pub(crate) clients: Clients,
+    pub(crate) metrics: Metrics,
+    pub(crate) drain: Drain,
+}
+
+/// Where the client meant its connection to go, before any request says more.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    /// Addressed to the listener itself: explicit proxy mode, HTTP only.
+    Listener,
+    /// Redirected by iptables: the original destination.
+    OrigDst(SocketAddr),
+    /// A CONNECT tunnel to this authority.
+    Tunnel(Arc<str>),
+}
+
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+impl Outbound {
+    pub fn new(cfg: Arc<Config>, discovery: Discovery, metrics: Metrics, drain: Drain) -> Arc<Self> {
+        let clients = Clients::new(cfg.connect_timeout);
+        Arc::new(Outbound { cfg, discovery, clients, metrics, drain })
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.drain.signaled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((tcp, _peer)) => {
+                    let watch = self.drain.watch();
+                    let ob = self.clone();
+                    tokio::spawn(async move { ob.accept(tcp, watch).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn accept(self: Arc<Self>, tcp: TcpStream, watch: drain::Watch) {
+        let _ = tcp.set_nodelay(true);
+        let target = match orig_dst(&tcp) {
+            Some(dst) => Target::OrigDst(dst),
+            None => Target::Listener,
+        };
+        let io = Counted::new(tcp, &self.metrics, DIRECTION);
+        self.serve_io(io, target, &watch).await;
+    }
+
+    fn profile_for(&self, target: &Target) -> Option<Arc<ServiceProfile>> {
+        match target {
+            Target::Listener => None,
+            Target::OrigDst(a) => self.discovery.resolve_addr(*a),
+            Target::Tunnel(auth) => self.discovery.resolve_authority(auth),
+        }
+    }
+
+    fn is_opaque(&self, target: &Target, profile: Option<&ServiceProfile>) -> bool {
+        if profile.is_some_and(|p| p.is_opaque()) {
+            return true;
+        }
+        let port = match target {
+            Target::Listener => return false,
+            Target::OrigDst(a) => a.port(),
+            Target::Tunnel(auth) => auth.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80),
+        };
+        self.cfg.outbound_opaque_ports.contains(&port)
+    }
+
+    /// Handles one client connection (accepted, or tunnelled through CONNECT).
+    pub(crate) async fn serve_io<I: Io>(self: &Arc<Self>, io: I, target: Target, watch: &drain::Watch) {
+        let profile = self.profile_for(&target);
+        if self.is_opaque(&target, profile.as_deref()) {
+            self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
+            return tcp::forward(self, io, &target, profile).await;
+        }
+        let (detected, io) = match detect::detect(io, self.cfg.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "outbound detection failed");
+                self.metrics.detect.with_label_values(&[DIRECTION, "error"]).inc();
+                return;
+            }
+        };
+        self.metrics.detect.with_label_values(&[DIRECTION, detected.as_str()]).inc();
+        match detected {
+            Detected::Http1 => http::serve_h1(self.clone(), io, target, watch).await,
+            Detected::Http2 => http::serve_h2(self.clone(), io, target, watch).await,
+            Detected::Closed => {}
+            Detected::Tls | Detected::Opaque | Detected::Timeout => tcp::forward(self, io, &target, profile).await,
+        }
+    }
+}

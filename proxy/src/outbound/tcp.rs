@@ -1,0 +1,62 @@
+//! Opaque TCP on the outbound side: to the chosen endpoint's proxy (with a transport header), to
+//! a non-meshed endpoint, or straight through to a destination the mesh does not know.
+
+use std::sync::Arc;
+
+use super::{DIRECTION, Io, Outbound, Target};
+use crate::{discover::ServiceProfile, http::ProxyError, transport::tcp};
+
+pub(super) async fn forward<I: Io>(
+    ob: &Arc<Outbound>,
+    mut io: I,
+    target: &Target,
+    profile: Option<Arc<ServiceProfile>>,
+) {
+    let server = match (profile, target) {
+        (Some(p), _) => match p.pick() {
+            Some(ep) => match ep.proxy {
+                Some(proxy) => ob.clients.connect_peer_opaque(proxy, ep.addr.port()).await,
+                None => ob.clients.connect(ep.addr).await,
+            },
+            None => Err(ProxyError::NoEndpoints),
+        },
+        (None, Target::OrigDst(dst)) => {
+            ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
+            ob.clients.connect(*dst).await
+        }
+        (None, Target::Tunnel(authority)) => {
+            ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
+            match resolve(authority).await {
+                Ok(addr) => ob.clients.connect(addr).await,
+                Err(e) => Err(ProxyError::ConnectFailed(e)),
+            }
+        }
+        (None, Target::Listener) => {
+            tracing::debug!("non-HTTP connection to the outbound listener has no destination; closing");
+            return;
+        }
+    };
+    match server {
+        Ok(mut s) => {
+            if let Err(e) = tcp::forward(&mut io, &mut s).await {
+                tracing::debug!(error = %e, "outbound TCP forwarding ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, ?target, "outbound TCP connect failed"),
+    }
+}
+
+/// Resolves a `host:port` outside the mesh through the system resolver.
+pub(super) async fn resolve(authority: &str) -> std::io::Result<std::net::SocketAddr> {
+    let with_port;
+    let a = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority
+    } else {
+        with_port = format!("{authority}:80");
+        &with_port
+    };
+    tokio::net::lookup_host(a)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{a} has no address")))
+}
