@@ -1,0 +1,42 @@
+# Strait — every target is documented in README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build test test-unit test-e2e demo bench bench-smoke bench-controller chart-lint check-deps release clean help
+
+all: build
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## //'
+
+## build          debug binaries of the whole workspace (target/debug)
+build:
+	$(CARGO) build --workspace --bins
+
+## test           every test tier; installs what the tiers need when root, says what it skipped otherwise
+test:
+	./scripts/test.sh
+
+## demo           the embedded mesh on this machine: controller, services with sidecars, faults, live metrics
+demo: build
+	./target/debug/strait demo
+
+## bench          release builds; Strait vs direct, HAProxy and nginx (see bench/README.md)
+bench:
+	./bench/run.sh
+
+## bench-smoke    a few hundred requests per bench setup, to keep the harness alive
+bench-smoke:
+	./bench/run.sh --smoke
+
+## check-deps     the proxy links neither kube nor k8s-openapi
+check-deps:
+	./scripts/check-proxy-deps.sh
+
+## release        optimized binaries (target/release)
+release:
+	$(CARGO) build --release --workspace --bins
+
+clean:
+	$(CARGO) clean
