@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::{
     admin::Admin,
     config::{Config, DiscoverySource},
-    discover::{Discovery, static_file},
+    discover::{Discovery, remote::Identity, static_file},
     drain::Drain,
     inbound::Inbound,
     metrics::Metrics,
@@ -30,8 +30,6 @@ pub enum RunError {
     Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Discovery(#[from] static_file::StaticError),
-    #[error("discovery from a controller ({0}) is not available in this build yet")]
-    NoController(String),
 }
 
 /// Runs the proxy until SIGTERM/SIGINT or `/shutdown`, then drains. Returns once everything stopped.
@@ -40,7 +38,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let drain = Drain::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let discovery = Discovery::new();
+    let mut discovery = Discovery::new();
 
     let bind = |what: &'static str, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { what, addr, source })
@@ -58,7 +56,16 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             metrics.discovery_connected.set(1);
             tokio::spawn(watch_file(path.clone(), cfg.namespace.clone(), discovery.clone(), metrics.clone()));
         }
-        DiscoverySource::Controller(addr) => return Err(RunError::NoController(addr.clone())),
+        DiscoverySource::Controller(addr) => {
+            let who = Identity {
+                namespace: cfg.namespace.clone(),
+                workload: cfg.workload.clone(),
+                service_account: cfg.service_account.clone(),
+            };
+            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone());
+            discovery = d;
+            tokio::spawn(task);
+        }
         DiscoverySource::None => {}
     }
 

@@ -6,6 +6,7 @@
 //! data path never knows which.
 
 pub mod profile;
+pub mod remote;
 pub mod static_file;
 
 use std::{
@@ -16,10 +17,12 @@ use std::{
 
 pub use profile::{Endpoint, ServiceProfile};
 
-/// Answers "what does this authority name?" from the current table.
+/// Answers "what does this authority name?": from a table a static source fills, or from the
+/// controller, asked on demand.
 #[derive(Clone, Default)]
 pub struct Discovery {
     table: Arc<RwLock<Table>>,
+    remote: Option<Arc<remote::Client>>,
 }
 
 /// Profiles by every authority form that names them.
@@ -53,6 +56,42 @@ impl Discovery {
         Self::default()
     }
 
+    /// Discovery from the controller at `addr`; spawn the returned task.
+    pub fn remote(
+        addr: String,
+        who: remote::Identity,
+        metrics: crate::metrics::Metrics,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (client, task) = remote::Client::new(addr, who, metrics);
+        (Discovery { table: Arc::default(), remote: Some(client) }, task)
+    }
+
+    pub fn remote_client(&self) -> Option<&Arc<remote::Client>> {
+        self.remote.as_ref()
+    }
+
+    /// Resolves an HTTP authority (`host[:port]`).
+    pub async fn resolve(&self, authority: &str) -> Option<Arc<ServiceProfile>> {
+        match &self.remote {
+            None => self.resolve_authority(authority),
+            Some(r) => {
+                if is_normal(authority) {
+                    r.resolve(authority).await
+                } else {
+                    r.resolve(&normalize_authority(authority)?).await
+                }
+            }
+        }
+    }
+
+    /// Resolves a connection's original destination (a Service's cluster IP and port).
+    pub async fn resolve_dst(&self, addr: SocketAddr) -> Option<Arc<ServiceProfile>> {
+        match &self.remote {
+            None => self.resolve_addr(addr),
+            Some(r) => r.resolve(&addr.to_string()).await,
+        }
+    }
+
     /// Replaces the whole table (a static source's reload).
     pub fn replace(&self, table: Table) {
         match self.table.write() {
@@ -83,6 +122,12 @@ impl Discovery {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         table.by_addr.get(&addr).cloned()
     }
+}
+
+fn is_normal(authority: &str) -> bool {
+    authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !h.ends_with('.') && !h.bytes().any(|b| b.is_ascii_uppercase()) && p.parse::<u16>().is_ok()
+    })
 }
 
 /// Lower-case host, trailing dot removed, port made explicit (80 when absent).

@@ -55,10 +55,13 @@ impl Handler {
                 }
             },
         };
-        let profile = self.ob.discovery.resolve_authority(&authority).or_else(|| match &self.target {
-            Target::OrigDst(a) => self.ob.discovery.resolve_addr(*a),
-            _ => None,
-        });
+        let profile = match self.ob.discovery.resolve(&authority).await {
+            Some(p) => Some(p),
+            None => match &self.target {
+                Target::OrigDst(a) => self.ob.discovery.resolve_dst(*a).await,
+                _ => None,
+            },
+        };
         // The application never gets to set the identity header the inbound side vouches for.
         req.headers_mut().remove(headers::CLIENT_ID);
 

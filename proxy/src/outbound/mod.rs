@@ -84,11 +84,11 @@ impl Outbound {
         self.serve_io(io, target, &watch).await;
     }
 
-    fn profile_for(&self, target: &Target) -> Option<Arc<ServiceProfile>> {
+    async fn profile_for(&self, target: &Target) -> Option<Arc<ServiceProfile>> {
         match target {
             Target::Listener => None,
-            Target::OrigDst(a) => self.discovery.resolve_addr(*a),
-            Target::Tunnel(auth) => self.discovery.resolve_authority(auth),
+            Target::OrigDst(a) => self.discovery.resolve_dst(*a).await,
+            Target::Tunnel(auth) => self.discovery.resolve(auth).await,
         }
     }
 
@@ -106,7 +106,7 @@ impl Outbound {
 
     /// Handles one client connection (accepted, or tunnelled through CONNECT).
     pub(crate) async fn serve_io<I: Io>(self: &Arc<Self>, io: I, target: Target, watch: &drain::Watch) {
-        let profile = self.profile_for(&target);
+        let profile = self.profile_for(&target).await;
         if self.is_opaque(&target, profile.as_deref()) {
             self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
             return tcp::forward(self, io, &target, profile).await;

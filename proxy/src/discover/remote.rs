@@ -1,0 +1,296 @@
+//! The controller's discovery stream, seen from the proxy: subscribe to an authority the first
+//! time the data path asks for it, keep the latest snapshot of each, acknowledge or reject every
+//! version, forget authorities nobody used for a while, and keep serving the last good answers
+//! while the controller is away (reconnecting with jittered exponential backoff).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use strait_proto::discovery::v1::{self as pb, discovery_client::DiscoveryClient, watch_request, watch_response};
+use tokio::sync::{mpsc, watch};
+
+use super::ServiceProfile;
+use crate::metrics::Metrics;
+
+/// How long a request waits for the controller's first answer about a new authority before it is
+/// treated as outside the mesh. Local controller answers take milliseconds; this only bounds the
+/// cost when the controller is unreachable.
+pub const DEFAULT_FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// An authority unused for this long is unsubscribed, so a proxy follows only what it talks to.
+pub const DEFAULT_IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(300);
+/// Reconnect backoff: first retry soon (a controller restart), then up to 10 s between attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Commands from the data path to the stream task: one per new authority, so a small bound.
+const COMMANDS: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Pending,
+    Found(Arc<ServiceProfile>),
+    NotFound,
+}
+
+struct Entry {
+    answer: watch::Sender<Answer>,
+    /// Milliseconds since `Client::epoch` of the last lookup.
+    last_used: AtomicU64,
+}
+
+pub struct Client {
+    entries: RwLock<HashMap<Arc<str>, Arc<Entry>>>,
+    commands: mpsc::Sender<Command>,
+    epoch: Instant,
+    first_answer_timeout: Duration,
+    inbound: watch::Sender<Arc<pb::InboundPolicy>>,
+}
+
+enum Command {
+    Subscribe(Arc<str>),
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    pub namespace: String,
+    pub workload: String,
+    pub service_account: String,
+}
+
+impl Client {
+    /// The client and the task that runs its stream (spawn it).
+    pub fn new(addr: String, who: Identity, metrics: Metrics) -> (Arc<Self>, impl Future<Output = ()>) {
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        let (inbound, _) = watch::channel(Arc::new(pb::InboundPolicy::default()));
+        let client = Arc::new(Client {
+            entries: RwLock::new(HashMap::new()),
+            commands: tx,
+            epoch: Instant::now(),
+            first_answer_timeout: DEFAULT_FIRST_ANSWER_TIMEOUT,
+            inbound,
+        });
+        let task = run(client.clone(), addr, who, metrics, rx);
+        (client, task)
+    }
+
+    pub fn inbound_policy(&self) -> watch::Receiver<Arc<pb::InboundPolicy>> {
+        self.inbound.subscribe()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The controller's answer for `authority` (normal form), subscribing on first use.
+    pub async fn resolve(&self, authority: &str) -> Option<Arc<ServiceProfile>> {
+        let entry = {
+            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            entries.get(authority).cloned()
+        };
+        let entry = match entry {
+            Some(e) => e,
+            None => self.subscribe(authority),
+        };
+        entry.last_used.store(self.now_ms(), Ordering::Relaxed);
+        let mut rx = entry.answer.subscribe();
+        let answer = rx.borrow_and_update().clone();
+        match answer {
+            Answer::Found(p) => Some(p),
+            Answer::NotFound => None,
+            Answer::Pending => {
+                let waited = tokio::time::timeout(self.first_answer_timeout, rx.wait_for(|a| !matches!(a, Answer::Pending)))
+                    .await;
+                match waited {
+                    Ok(Ok(a)) => match &*a {
+                        Answer::Found(p) => Some(p.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self, authority: &str) -> Arc<Entry> {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get(authority) {
+            return e.clone();
+        }
+        let key: Arc<str> = Arc::from(authority);
+        let (answer, _) = watch::channel(Answer::Pending);
+        let e = Arc::new(Entry { answer, last_used: AtomicU64::new(self.now_ms()) });
+        entries.insert(key.clone(), e.clone());
+        if self.commands.try_send(Command::Subscribe(key)).is_err() {
+            // The stream task is behind; it resubscribes every known entry on its next connect.
+            tracing::debug!(authority, "discovery command queue full");
+        }
+        e
+    }
+
+    fn set(&self, authority: &str, answer: Answer) {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get(authority) {
+            e.answer.send_replace(answer);
+        }
+    }
+
+    fn known(&self) -> Vec<Arc<str>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.keys().cloned().collect()
+    }
+
+    /// Removes entries not used for `idle`; returns them so the stream can unsubscribe.
+    fn sweep(&self, idle: Duration) -> Vec<Arc<str>> {
+        let now = self.now_ms();
+        let idle = idle.as_millis() as u64;
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let stale: Vec<Arc<str>> = entries
+            .iter()
+            .filter(|(_, e)| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) > idle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &stale {
+            entries.remove(k);
+        }
+        stale
+    }
+}
+
+fn req(r: watch_request::Request) -> pb::WatchRequest {
+    pb::WatchRequest { request: Some(r) }
+}
+
+async fn run(client: Arc<Client>, addr: String, who: Identity, metrics: Metrics, mut commands: mpsc::Receiver<Command>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        match session(&client, &addr, &who, &metrics, &mut commands).await {
+            Ok(()) => tracing::info!(%addr, "discovery stream closed by the controller"),
+            Err(e) => tracing::warn!(%addr, error = %e, "discovery stream failed; serving the last good answers"),
+        }
+        metrics.discovery_connected.set(0);
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        // Full jitter: many proxies reconnecting after a controller restart spread out.
+        let sleep = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::time::sleep(sleep).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("controller address {0:?} is not valid")]
+    Address(String),
+}
+
+async fn session(
+    client: &Arc<Client>,
+    addr: &str,
+    who: &Identity,
+    metrics: &Metrics,
+    commands: &mut mpsc::Receiver<Command>,
+) -> Result<(), SessionError> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|_| SessionError::Address(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await?;
+    let (out_tx, out_rx) = mpsc::channel::<pb::WatchRequest>(COMMANDS);
+    let hello = watch_request::Request::Hello(pb::Hello {
+        namespace: who.namespace.clone(),
+        workload: who.workload.clone(),
+        service_account: who.service_account.clone(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    // Capacity COMMANDS: the hello and a resubscription of every known authority fit unless a
+    // proxy talks to more than that many authorities, in which case the sends below wait.
+    let _ = out_tx.try_send(req(hello));
+    let mut stream = DiscoveryClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    for authority in client.known() {
+        let _ = out_tx.send(req(watch_request::Request::Subscribe(pb::Subscribe { authority: authority.to_string() }))).await;
+    }
+    metrics.discovery_connected.set(1);
+    tracing::info!(%addr, "discovery stream connected");
+    let mut sweep = tokio::time::interval(DEFAULT_IDLE_UNSUBSCRIBE / 4);
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Some(msg) = msg? else { return Ok(()) };
+                if let Some(ack) = apply(client, metrics, msg) {
+                    let _ = out_tx.send(req(ack)).await;
+                }
+            }
+            Some(cmd) = commands.recv() => match cmd {
+                Command::Subscribe(authority) => {
+                    let _ = out_tx.send(req(watch_request::Request::Subscribe(pb::Subscribe { authority: authority.to_string() }))).await;
+                }
+            },
+            _ = sweep.tick() => {
+                for authority in client.sweep(DEFAULT_IDLE_UNSUBSCRIBE) {
+                    tracing::debug!(%authority, "unsubscribing idle authority");
+                    let _ = out_tx.send(req(watch_request::Request::Unsubscribe(pb::Unsubscribe { authority: authority.to_string() }))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Applies one message from the controller; returns the ACK or NACK to send.
+fn apply(client: &Client, metrics: &Metrics, msg: pb::WatchResponse) -> Option<watch_request::Request> {
+    match msg.response? {
+        watch_response::Response::Service(u) => {
+            let parsed = u.service.as_ref().map(ServiceProfile::from_proto);
+            match parsed {
+                Some(Ok(p)) => {
+                    client.set(&u.authority, Answer::Found(Arc::new(p)));
+                    metrics.discovery_updates.with_label_values(&["applied"]).inc();
+                    Some(watch_request::Request::Ack(pb::Ack { authority: u.authority, version: u.version }))
+                }
+                Some(Err(e)) => {
+                    metrics.discovery_updates.with_label_values(&["rejected"]).inc();
+                    tracing::warn!(authority = %u.authority, version = u.version, error = %e, "rejecting discovery update; keeping the last good one");
+                    Some(watch_request::Request::Nack(pb::Nack {
+                        authority: u.authority,
+                        version: u.version,
+                        reason: e.to_string(),
+                    }))
+                }
+                None => {
+                    metrics.discovery_updates.with_label_values(&["rejected"]).inc();
+                    Some(watch_request::Request::Nack(pb::Nack {
+                        authority: u.authority,
+                        version: u.version,
+                        reason: "update without a service".into(),
+                    }))
+                }
+            }
+        }
+        watch_response::Response::NotFound(n) => {
+            client.set(&n.authority, Answer::NotFound);
+            metrics.discovery_updates.with_label_values(&["not-found"]).inc();
+            Some(watch_request::Request::Ack(pb::Ack { authority: n.authority, version: n.version }))
+        }
+        watch_response::Response::Inbound(p) => {
+            client.inbound.send_replace(Arc::new(p));
+            metrics.discovery_updates.with_label_values(&["inbound-policy"]).inc();
+            None
+        }
+    }
+}
