@@ -1,0 +1,309 @@
+//! `strait-testsrv http`: HTTP/1.1 and h2c (prior knowledge) on one port.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /`, any unknown path, any method | 200, body `NAME METHOD PATH` (PATH with its query, if any) |
+//! | `POST /echo` | the request body streamed back, chunked |
+//! | `POST /upload` | the body consumed as it streams in; `bytes=<N> sum=<wrapping u64 sum of the bytes>` |
+//! | `GET /chunked?n=K[&delay_ms=D]` | K chunks `chunk-<i>\n` (i from 0), D ms apart |
+//! | `GET /bytes/N` | N bytes, byte i = i % 251, with `content-length` |
+//! | `GET /slow?ms=N` | 200 `slow done` after N ms |
+//! | `ANY /status/N` | status N (200..=599), body `status N` (none for 204 and 304) |
+//! | `GET /ws` + WebSocket upgrade | WebSocket echo of text and binary messages |
+//! | `GET /headers` | the request headers as a JSON object (repeated headers joined by `, `) |
+//! | `GET /count` | how many requests this process served, not counting `/count` and `/cancelled` |
+//! | `GET /cancelled` | how many of them the client abandoned before the response's end |
+//!
+//! Every response carries `x-served-by: NAME`, `x-seen-host` (the `Host` header, else the URI's
+//! authority as HTTP/2 `:authority`), `x-seen-client-id` (the `strait-client-id` header, or empty) and
+//! `x-seen-version` (`HTTP/1.1` or `HTTP/2.0`).
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::body::{Boxed, Completion, PatternBody, Tracked, full, streamed};
+use super::{BoxError, accept_loop};
+
+struct State {
+    served_by: HeaderValue,
+    name: String,
+    served: AtomicU64,
+    cancelled: Arc<AtomicU64>,
+}
+
+/// Serves the HTTP test application on `listener` until dropped.
+pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
+    let state = Arc::new(State {
+        served_by: HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("invalid-name")),
+        name: name.to_owned(),
+        served: AtomicU64::new(0),
+        cancelled: Arc::new(AtomicU64::new(0)),
+    });
+    accept_loop(listener, move |stream| {
+        let state = state.clone();
+        async move {
+            let service = service_fn(move |request| handle(state.clone(), request));
+            auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+        }
+    })
+    .await
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Tracked>, Infallible> {
+    let introspection =
+        request.method() == Method::GET && matches!(request.uri().path(), "/count" | "/cancelled");
+    if !introspection {
+        state.served.fetch_add(1, Ordering::Relaxed);
+    }
+    // Dropped unfinished if this future or the response body is dropped early (client gone).
+    let completion = Completion::new(state.cancelled.clone());
+    if introspection {
+        completion.finish();
+    }
+    let seen = seen_headers(&state, &request);
+    let mut response = route(&state, request).await;
+    response.headers_mut().extend(seen);
+    Ok(response.map(|body| Tracked::new(body, completion)))
+}
+
+fn seen_headers(state: &State, request: &Request<Incoming>) -> HeaderMap {
+    let headers = request.headers();
+    let host = headers.get(HOST).cloned().or_else(|| {
+        request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let client_id = headers.get("strait-client-id").cloned();
+    let version = format!("{:?}", request.version());
+    let mut seen = HeaderMap::new();
+    seen.insert("x-served-by", state.served_by.clone());
+    seen.insert("x-seen-host", host.unwrap_or(HeaderValue::from_static("")));
+    seen.insert(
+        "x-seen-client-id",
+        client_id.unwrap_or(HeaderValue::from_static("")),
+    );
+    if let Ok(version) = HeaderValue::from_str(&version) {
+        seen.insert("x-seen-version", version);
+    }
+    seen
+}
+
+async fn route(state: &State, request: Request<Incoming>) -> Response<Boxed> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/count") => text(state.served.load(Ordering::Relaxed).to_string()),
+        (&Method::GET, "/cancelled") => text(state.cancelled.load(Ordering::Relaxed).to_string()),
+        (&Method::POST, "/echo") => echo(request),
+        (&Method::POST, "/upload") => upload(request).await,
+        (&Method::GET, "/chunked") => chunked(&request),
+        (&Method::GET, "/slow") => {
+            let ms = query_u64(&request, "ms").unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text("slow done")
+        }
+        (&Method::GET, "/headers") => headers_json(&request),
+        (&Method::GET, "/ws") if is_websocket_upgrade(&request) => websocket(request),
+        (&Method::GET, p) if p.starts_with("/bytes/") => {
+            match p["/bytes/".len()..].parse::<u64>() {
+                Ok(n) => Response::new(PatternBody::new(n).boxed()),
+                Err(_) => with_status(StatusCode::BAD_REQUEST, "bad length"),
+            }
+        }
+        (_, p) if p.starts_with("/status/") => status(&p["/status/".len()..]),
+        _ => {
+            let target = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            text(format!("{} {} {}", state.name, method, target))
+        }
+    }
+}
+
+fn text(body: impl Into<Bytes>) -> Response<Boxed> {
+    let mut response = Response::new(full(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+fn with_status(status: StatusCode, body: &'static str) -> Response<Boxed> {
+    let mut response = text(body);
+    *response.status_mut() = status;
+    response
+}
+
+fn query_u64(request: &Request<Incoming>, key: &str) -> Option<u64> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k == key { v.parse().ok() } else { None }
+    })
+}
+
+fn echo(request: Request<Incoming>) -> Response<Boxed> {
+    // A stream body has no size hint, so the echo is chunked even when the request was not.
+    let frames = futures_util::stream::unfold(request.into_body(), |mut body| async move {
+        let frame = body.frame().await?;
+        Some((frame.map_err(BoxError::from), body))
+    });
+    Response::new(streamed(frames))
+}
+
+async fn upload(request: Request<Incoming>) -> Response<Boxed> {
+    let mut body = request.into_body();
+    let (mut bytes, mut sum) = (0u64, 0u64);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes += data.len() as u64;
+                    sum = data.iter().fold(sum, |s, &b| s.wrapping_add(u64::from(b)));
+                }
+            }
+            Err(_) => return with_status(StatusCode::BAD_REQUEST, "request body failed"),
+        }
+    }
+    text(format!("bytes={bytes} sum={sum}"))
+}
+
+fn chunked(request: &Request<Incoming>) -> Response<Boxed> {
+    let n = query_u64(request, "n").unwrap_or(3);
+    let delay = Duration::from_millis(query_u64(request, "delay_ms").unwrap_or(0));
+    let frames = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= n {
+            return None;
+        }
+        if i > 0 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let frame: Result<Frame<Bytes>, BoxError> =
+            Ok(Frame::data(Bytes::from(format!("chunk-{i}\n"))));
+        Some((frame, i + 1))
+    });
+    Response::new(streamed(frames))
+}
+
+fn status(code: &str) -> Response<Boxed> {
+    let status = match code.parse::<u16>().ok().filter(|c| (200..=599).contains(c)) {
+        Some(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+        None => return with_status(StatusCode::BAD_REQUEST, "status must be 200..=599"),
+    };
+    let mut response = if matches!(status.as_u16(), 204 | 304) {
+        Response::new(full(Bytes::new()))
+    } else {
+        text(format!("status {}", status.as_u16()))
+    };
+    *response.status_mut() = status;
+    response
+}
+
+fn headers_json(request: &Request<Incoming>) -> Response<Boxed> {
+    let mut object = serde_json::Map::new();
+    for name in request.headers().keys() {
+        let values: Vec<String> = request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        object.insert(
+            name.as_str().to_owned(),
+            serde_json::Value::String(values.join(", ")),
+        );
+    }
+    let mut response = Response::new(full(serde_json::Value::Object(object).to_string()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn is_websocket_upgrade(request: &Request<Incoming>) -> bool {
+    let headers = request.headers();
+    header_has_token(headers, CONNECTION, "upgrade")
+        && header_has_token(headers, UPGRADE, "websocket")
+        && headers.contains_key(SEC_WEBSOCKET_KEY)
+}
+
+fn websocket(mut request: Request<Incoming>) -> Response<Boxed> {
+    let accept = request
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|key| derive_accept_key(key.as_bytes()))
+        .and_then(|accept| HeaderValue::from_str(&accept).ok());
+    let Some(accept) = accept else {
+        return with_status(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                if let Err(e) = websocket_echo(ws).await {
+                    eprintln!("websocket: {e}");
+                }
+            }
+            Err(e) => eprintln!("websocket upgrade: {e}"),
+        }
+    });
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// Echoes text and binary messages until the client closes.
+async fn websocket_echo<S>(mut ws: WebSocketStream<S>) -> Result<(), BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = ws.next().await {
+        // Pings and the close handshake are answered by tungstenite on the next poll; the stream
+        // ends once the close handshake is done.
+        if let message @ (Message::Text(_) | Message::Binary(_)) = message? {
+            ws.send(message).await?;
+        }
+    }
+    Ok(())
+}
