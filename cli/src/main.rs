@@ -1,1 +1,48 @@
-fn main() {}
+//! `strait`: the user's command — run the demo mesh, check health, inject sidecars, show stats.
+
+mod demo;
+mod stat;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strait", version, about = "Strait service mesh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A whole mesh on this machine: controller, services with sidecars, traffic with faults, live metrics.
+    Demo(demo::Args),
+    /// Per-service success rate, request rate and latency percentiles from a proxy's metrics.
+    Stat(stat::Args),
+    /// Print the version.
+    Version,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strait: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Stat(a) => stat::run(a).await,
+            Cmd::Version => {
+                println!("strait {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+        }
+    });
+    if let Err(e) = r {
+        eprintln!("strait: {e}");
+        std::process::exit(1);
+    }
+}
