@@ -1,0 +1,359 @@
+//! The `strait.discovery.v1.Discovery` gRPC service: one task per proxy stream, all watching the
+//! store's one snapshot channel.
+//!
+//! A stream opens with `Hello`; each `Subscribe` is answered at once with the authority's snapshot
+//! (or `NotFound`), and again whenever a new snapshot changes what that authority names. Every
+//! message carries a version that grows per stream, so it grows per authority too. A stream that
+//! breaks the protocol gets a gRPC error and ends; other streams do not notice.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use strait_proto::discovery::v1::{self as pb, discovery_server::Discovery, watch_request::Request, watch_response};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use crate::{
+    authority::{self, Authority},
+    index::Resolution,
+    metrics::Metrics,
+    store::Snapshot,
+};
+
+/// Subscriptions one stream may hold. A proxy subscribes to the authorities its application talks
+/// to, a few dozen in practice; the cap only stops a broken or hostile client from growing the
+/// controller's memory without bound.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+
+/// How long a new stream may wait before sending `Hello`. A proxy sends it right after connecting;
+/// a stream that stays silent this long is not a proxy.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Responses queued per stream before the stream's task waits for the proxy to read. Snapshots are
+/// full, so a slow reader does not need a deep queue: the newest state is sent when it catches up.
+const RESPONSE_QUEUE: usize = 32;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_subscriptions: usize,
+    pub hello_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS, hello_timeout: DEFAULT_HELLO_TIMEOUT }
+    }
+}
+
+/// Why a stream ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the first message of a stream must be Hello")]
+    NoHello,
+    #[error("no Hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("Hello may be sent only once per stream")]
+    HelloTwice,
+    #[error("a WatchRequest carried no known message")]
+    UnknownMessage,
+    #[error("the request stream could not be read: {0}")]
+    Receive(String),
+    #[error("more than {0} subscriptions on one stream")]
+    TooManySubscriptions(usize),
+    #[error("the controller is shutting down")]
+    ShuttingDown,
+    #[error("the proxy went away")]
+    ClientGone,
+}
+
+impl StreamError {
+    /// The status the proxy receives, `None` when nobody is left to receive it.
+    fn status(&self) -> Option<Status> {
+        let msg = self.to_string();
+        match self {
+            Self::NoHello | Self::HelloTwice | Self::UnknownMessage | Self::Receive(_) => Some(Status::invalid_argument(msg)),
+            Self::HelloTimeout(_) => Some(Status::deadline_exceeded(msg)),
+            Self::TooManySubscriptions(_) => Some(Status::resource_exhausted(msg)),
+            Self::ShuttingDown => Some(Status::unavailable(msg)),
+            Self::ClientGone => None,
+        }
+    }
+
+    /// Bounded label for `strait_discovery_stream_errors_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::NoHello => "no_hello",
+            Self::HelloTimeout(_) => "hello_timeout",
+            Self::HelloTwice => "hello_twice",
+            Self::UnknownMessage => "unknown_message",
+            Self::Receive(_) => "receive",
+            Self::TooManySubscriptions(_) => "too_many_subscriptions",
+            Self::ShuttingDown => "shutting_down",
+            Self::ClientGone => "client_gone",
+        }
+    }
+}
+
+/// The gRPC service. Cheap to clone; all state lives in the stream tasks and the store.
+#[derive(Clone)]
+pub struct DiscoveryService {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl DiscoveryService {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        Self { snapshots, metrics, limits }
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        let peer = request.remote_addr();
+        let requests = request.into_inner();
+        let (out, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let stream = ProxyStream {
+            out,
+            snapshots: self.snapshots.clone(),
+            metrics: self.metrics.clone(),
+            limits: self.limits,
+            hello: pb::Hello::default(),
+            subscriptions: HashMap::new(),
+            inbound_sent: None,
+            last_version: 0,
+        };
+        let span = tracing::info_span!(
+            "discovery",
+            peer = peer.map(|p: SocketAddr| p.to_string()).unwrap_or_default(),
+            namespace = tracing::field::Empty,
+            workload = tracing::field::Empty,
+        );
+        tokio::spawn(stream.run(requests).instrument(span));
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Subscription {
+    /// `None` when the authority does not parse: it names nothing, now or later.
+    parsed: Option<Authority>,
+    sent: Resolution,
+    version: u64,
+    acked: Option<u64>,
+}
+
+/// One proxy's stream.
+struct ProxyStream {
+    out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    hello: pb::Hello,
+    subscriptions: HashMap<String, Subscription>,
+    inbound_sent: Option<pb::InboundPolicy>,
+    last_version: u64,
+}
+
+impl ProxyStream {
+    async fn run(mut self, mut requests: Streaming<pb::WatchRequest>) {
+        self.metrics.streams.inc();
+        let result = self.serve(&mut requests).await;
+        self.metrics.streams.dec();
+        self.metrics.subscriptions.sub(gauge(self.subscriptions.len()));
+        match result {
+            Ok(()) => tracing::debug!("stream closed by the proxy"),
+            Err(e) => {
+                if !matches!(e, StreamError::ClientGone | StreamError::ShuttingDown) {
+                    tracing::info!(error = %e, "discovery stream refused");
+                }
+                self.metrics.stream_errors.with_label_values(&[e.reason()]).inc();
+                if let Some(status) = e.status() {
+                    // The proxy may be gone already; there is nobody else to tell.
+                    let _ = self.out.send(Err(status)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve(&mut self, requests: &mut Streaming<pb::WatchRequest>) -> Result<(), StreamError> {
+        let timeout = self.limits.hello_timeout;
+        let first = tokio::time::timeout(timeout, requests.message())
+            .await
+            .map_err(|_| StreamError::HelloTimeout(timeout))?
+            .map_err(|s| StreamError::Receive(s.message().to_string()))?;
+        match first.and_then(|r| r.request) {
+            Some(Request::Hello(hello)) => self.hello = hello,
+            Some(_) => return Err(StreamError::NoHello),
+            None => return Ok(()),
+        }
+        let span = tracing::Span::current();
+        span.record("namespace", self.hello.namespace.as_str());
+        span.record("workload", self.hello.workload.as_str());
+        tracing::debug!(proxy = %self.hello.proxy_version, "hello");
+
+        // Answer nothing before the first full load: "not found" from an empty index would be a lie.
+        tokio::select! {
+            loaded = self.snapshots.wait_for(|s| s.loaded) => { loaded.map_err(|_| StreamError::ShuttingDown)?; }
+            _ = self.out.closed() => return Err(StreamError::ClientGone),
+        }
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let inbound = self.inbound_update(&snapshot);
+        if let Some(response) = inbound {
+            self.send(response).await?;
+        }
+
+        loop {
+            tokio::select! {
+                _ = self.out.closed() => return Err(StreamError::ClientGone),
+                message = requests.message() => match message {
+                    Ok(Some(request)) => self.handle(request).await?,
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(StreamError::Receive(status.message().to_string())),
+                },
+                changed = self.snapshots.changed() => {
+                    changed.map_err(|_| StreamError::ShuttingDown)?;
+                    self.push_changes().await?;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: pb::WatchRequest) -> Result<(), StreamError> {
+        match request.request {
+            Some(Request::Hello(_)) => Err(StreamError::HelloTwice),
+            Some(Request::Subscribe(pb::Subscribe { authority })) => self.subscribe(authority).await,
+            Some(Request::Unsubscribe(pb::Unsubscribe { authority })) => {
+                if self.subscriptions.remove(&authority).is_some() {
+                    self.metrics.subscriptions.dec();
+                }
+                Ok(())
+            }
+            Some(Request::Ack(pb::Ack { authority, version })) => {
+                self.metrics.acks.inc();
+                match self.subscriptions.get_mut(&authority) {
+                    Some(s) if version <= s.version => s.acked = Some(version),
+                    _ if authority.is_empty() => {} // the inbound policy's version
+                    _ => tracing::debug!(%authority, version, "ack for a version this stream never sent"),
+                }
+                Ok(())
+            }
+            Some(Request::Nack(pb::Nack { authority, version, reason })) => {
+                self.metrics.nacks.inc();
+                tracing::warn!(%authority, version, %reason, "proxy rejected an update");
+                Ok(())
+            }
+            None => Err(StreamError::UnknownMessage),
+        }
+    }
+
+    async fn subscribe(&mut self, authority: String) -> Result<(), StreamError> {
+        let known = self.subscriptions.contains_key(&authority);
+        if !known && self.subscriptions.len() >= self.limits.max_subscriptions {
+            return Err(StreamError::TooManySubscriptions(self.limits.max_subscriptions));
+        }
+        let parsed = match authority::parse(&authority) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::debug!(%authority, error = %e, "subscription to an authority that cannot name a service");
+                None
+            }
+        };
+        let snapshot = self.snapshots.borrow().clone();
+        let sent = resolve(&snapshot, parsed.as_ref(), &self.hello.namespace);
+        let version = self.next_version();
+        let response = response(&authority, version, &sent);
+        // A repeated Subscribe is answered again (the proxy may have lost its state); the count
+        // of subscriptions does not change.
+        if !known {
+            self.metrics.subscriptions.inc();
+        }
+        self.subscriptions.insert(authority, Subscription { parsed, sent, version, acked: None });
+        self.send(response).await
+    }
+
+    /// Sends what a new snapshot changed, and only that.
+    async fn push_changes(&mut self) -> Result<(), StreamError> {
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let mut responses = Vec::new();
+        let namespace = &self.hello.namespace;
+        for (authority, sub) in &mut self.subscriptions {
+            let now = resolve(&snapshot, sub.parsed.as_ref(), namespace);
+            if now != sub.sent {
+                self.last_version += 1;
+                sub.version = self.last_version;
+                responses.push(response(authority, sub.version, &now));
+                sub.sent = now;
+            }
+        }
+        responses.extend(self.inbound_update(&snapshot));
+        for r in responses {
+            self.send(r).await?;
+            self.metrics.push_duration.observe(snapshot.changed_at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// The workload's inbound policy, when it differs from what was last sent.
+    fn inbound_update(&mut self, snapshot: &Snapshot) -> Option<pb::WatchResponse> {
+        let policy = snapshot.index.inbound(&self.hello.namespace, &self.hello.workload);
+        if self.inbound_sent.as_ref() == Some(&policy) {
+            return None;
+        }
+        let version = self.next_version();
+        self.inbound_sent = Some(policy.clone());
+        Some(pb::WatchResponse {
+            response: Some(watch_response::Response::Inbound(pb::InboundPolicy { version, ..policy })),
+        })
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+
+    async fn send(&self, response: pb::WatchResponse) -> Result<(), StreamError> {
+        let kind = match &response.response {
+            Some(watch_response::Response::Service(_)) => "service",
+            Some(watch_response::Response::NotFound(_)) => "not_found",
+            Some(watch_response::Response::Inbound(_)) => "inbound",
+            None => "none",
+        };
+        self.out.send(Ok(response)).await.map_err(|_| StreamError::ClientGone)?;
+        self.metrics.updates.with_label_values(&[kind]).inc();
+        Ok(())
+    }
+}
+
+fn resolve(snapshot: &Snapshot, authority: Option<&Authority>, namespace: &str) -> Resolution {
+    match authority {
+        Some(a) => snapshot.index.resolve(a, namespace),
+        None => Resolution::NotFound(pb::not_found::Reason::DoesNotExist),
+    }
+}
+
+fn response(authority: &str, version: u64, resolution: &Resolution) -> pb::WatchResponse {
+    let response = match resolution {
+        Resolution::Service(s) => watch_response::Response::Service(pb::ServiceUpdate {
+            authority: authority.to_string(),
+            version,
+            service: Some(s.service().clone()),
+        }),
+        Resolution::NotFound(reason) => watch_response::Response::NotFound(pb::NotFound {
+            authority: authority.to_string(),
+            version,
+            reason: *reason as i32,
+        }),
+    };
+    pb::WatchResponse { response: Some(response) }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

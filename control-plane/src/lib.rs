@@ -1,0 +1,215 @@
+//! strait-controller: the Strait control plane. It serves discovery to the proxies over gRPC from a
+//! source-independent mesh model, fed today by the embedded mesh file (Kubernetes watchers later).
+//!
+//! [`start`] binds every listener, loads the mesh and returns a running [`Controller`]; tests run
+//! one in-process on loopback ports with it, and `main` runs one until a signal.
+
+pub mod admin;
+pub mod authority;
+pub mod cli;
+pub mod discovery;
+pub mod index;
+pub mod logging;
+pub mod mesh_file;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod store;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use strait_proto::discovery::v1::discovery_server::DiscoveryServer;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{discovery::DiscoveryService, metrics::Metrics};
+
+/// How long a shutdown waits for streams and connections to close before dropping them.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// HTTP/2 pings on idle discovery connections: a proxy that vanished without closing its socket
+/// (node lost, network partition) is noticed within interval + timeout, and its stream freed.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding the {what} listener on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    MeshFile(#[from] mesh_file::MeshFileError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error("discovery server: {0}")]
+    Discovery(#[from] tonic::transport::Error),
+    #[error("installing the signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error("the {0} task stopped unexpectedly")]
+    TaskEnded(&'static str),
+}
+
+/// What a controller serves and where.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mesh_file: PathBuf,
+    pub discovery_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub cluster_domain: String,
+    pub poll_interval: Duration,
+    pub push_interval: Duration,
+    pub limits: discovery::Limits,
+}
+
+impl Config {
+    /// Embedded mode from `mesh_file`, with the default addresses and timings.
+    pub fn embedded(mesh_file: impl Into<PathBuf>) -> Self {
+        Self {
+            mesh_file: mesh_file.into(),
+            discovery_addr: SocketAddr::from(([0, 0, 0, 0], 8086)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 9990)),
+            cluster_domain: "cluster.local".into(),
+            poll_interval: mesh_file::DEFAULT_POLL_INTERVAL,
+            push_interval: store::DEFAULT_PUSH_INTERVAL,
+            limits: discovery::Limits::default(),
+        }
+    }
+}
+
+/// A running controller.
+pub struct Controller {
+    discovery_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, Result<(), Error>)>,
+}
+
+/// Binds the listeners, loads the mesh file (a bad one is an error, with its line) and starts
+/// serving. Returns once the first mesh is published, so the controller is ready.
+pub async fn start(config: Config) -> Result<Controller, Error> {
+    let metrics = Arc::new(Metrics::new()?);
+    let (mesh, fingerprint) = mesh_file::load(&config.mesh_file).await.inspect_err(|_| {
+        metrics.config_reloads.with_label_values(&["error"]).inc();
+    })?;
+    metrics.config_reloads.with_label_values(&["ok"]).inc();
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+    };
+    let discovery_listener = bind("discovery", config.discovery_addr).await?;
+    let admin_listener = bind("admin", config.admin_addr).await?;
+    let local = |what, l: &TcpListener, addr| l.local_addr().map_err(|source| Error::Bind { what, addr, source });
+    let discovery_addr = local("discovery", &discovery_listener, config.discovery_addr)?;
+    let admin_addr = local("admin", &admin_listener, config.admin_addr)?;
+
+    let shutdown = CancellationToken::new();
+    let (store, mut snapshots, publisher) = store::new(&config.cluster_domain, config.push_interval, metrics.clone());
+    let (services, endpoints, workloads) = mesh.counts();
+    store.publish(mesh);
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(named("publisher", {
+        let shutdown = shutdown.clone();
+        async move {
+            publisher.run(shutdown).await;
+            Ok(())
+        }
+    }));
+    tasks.spawn(named("mesh file watcher", {
+        let watch = mesh_file::watch(
+            config.mesh_file.clone(),
+            config.poll_interval,
+            fingerprint,
+            store,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            watch.await;
+            Ok(())
+        }
+    }));
+    let service = DiscoveryService::new(snapshots.clone(), metrics.clone(), config.limits);
+    let incoming = tonic::transport::server::TcpIncoming::from(discovery_listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .add_service(DiscoveryServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    tasks.spawn(named("discovery server", async move { server.await.map_err(Error::from) }));
+    let admin_state = admin::AdminState { metrics: metrics.clone(), snapshots: snapshots.clone() };
+    tasks.spawn(named("admin server", {
+        let shutdown = shutdown.clone();
+        async move {
+            admin::serve(admin_listener, admin_state, shutdown).await;
+            Ok(())
+        }
+    }));
+
+    if snapshots.wait_for(|s| s.loaded).await.is_err() {
+        return Err(Error::TaskEnded("publisher"));
+    }
+    tracing::info!(
+        mesh_file = %config.mesh_file.display(),
+        %discovery_addr,
+        %admin_addr,
+        services,
+        endpoints,
+        workloads,
+        "controller serving"
+    );
+    Ok(Controller { discovery_addr, admin_addr, metrics, shutdown, tasks })
+}
+
+async fn named(
+    name: &'static str,
+    task: impl Future<Output = Result<(), Error>>,
+) -> (&'static str, Result<(), Error>) {
+    (name, task.await)
+}
+
+impl Controller {
+    /// Where discovery listens (the bound port when the configured one was 0).
+    pub fn discovery_addr(&self) -> SocketAddr {
+        self.discovery_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves until `signal` completes (then shuts down cleanly) or a task fails.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        let failed = tokio::select! {
+            _ = signal => None,
+            Some(ended) = self.tasks.join_next() => Some(match ended {
+                Ok((_, Err(e))) => e,
+                Ok((name, Ok(()))) => Error::TaskEnded(name),
+                Err(_) => Error::TaskEnded("a controller"),
+            }),
+        };
+        self.shutdown().await;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Stops serving: streams get `Unavailable`, listeners close. Waits up to
+    /// [`DEFAULT_SHUTDOWN_GRACE`], then drops whatever is left.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let drain = async {
+            while let Some(ended) = self.tasks.join_next().await {
+                if let Ok((name, Err(e))) = ended {
+                    tracing::warn!(task = name, error = %e, "error while shutting down");
+                }
+            }
+        };
+        if tokio::time::timeout(DEFAULT_SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("shutdown grace period over; closing the remaining connections");
+            self.tasks.abort_all();
+        }
+        tracing::info!("controller stopped");
+    }
+}
