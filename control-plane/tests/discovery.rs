@@ -148,6 +148,44 @@ impl Proxy {
     }
 }
 
+/// Sends and receives message bodies as raw bytes, to put anything on the wire.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes()).await.unwrap();
@@ -306,18 +344,12 @@ async fn protocol_errors_end_only_the_offending_stream() {
     empty.tx.send(pb::WatchRequest { request: None }).await.unwrap();
     assert_eq!(empty.next().await.unwrap_err().code(), Code::InvalidArgument);
 
-    // Bytes that do not decode as a WatchRequest: field 2 (Subscribe) sent as a number.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Garbage {
-        #[prost(uint64, tag = "2")]
-        subscribe: u64,
-    }
+    // Bytes that do not decode as a WatchRequest: field 2 (Subscribe) sent as the number 7.
     let mut grpc = tonic::client::Grpc::new(shared.clone());
     grpc.ready().await.unwrap();
-    let request = tonic::Request::new(tokio_stream::iter([Garbage { subscribe: 7 }]));
+    let request = tonic::Request::new(tokio_stream::iter([vec![0x10, 0x07]]));
     let path = http::uri::PathAndQuery::from_static("/strait.discovery.v1.Discovery/Watch");
-    let codec = tonic_prost::ProstCodec::<Garbage, pb::WatchResponse>::default();
-    let mut garbage = grpc.streaming(request, path, codec).await.unwrap().into_inner();
+    let mut garbage = grpc.streaming(request, path, RawCodec).await.unwrap().into_inner();
     let status = tokio::time::timeout(Duration::from_secs(5), garbage.message()).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
