@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     hash::Hash,
     net::SocketAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -147,37 +147,59 @@ where
 
 /// HTTP/2 connections by destination.
 pub struct H2Pool<K> {
-    conns: Mutex<HashMap<K, http2::SendRequest<Body>>>,
+    slots: Mutex<HashMap<K, Arc<Slot>>>,
+}
+
+/// One destination's connection. `sender` is read on every request (a short std lock, never held
+/// across an await); `connecting` serialises connection set-up so a burst of first requests
+/// shares one handshake instead of opening one connection each.
+#[derive(Default)]
+struct Slot {
+    sender: Mutex<Option<http2::SendRequest<Body>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<http2::SendRequest<Body>> {
+        let s = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        s.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn clear_if_closed(&self) {
+        let mut s = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        if s.as_ref().is_some_and(|s| s.is_closed()) {
+            *s = None;
+        }
+    }
 }
 
 impl<K> Default for H2Pool<K> {
     fn default() -> Self {
-        H2Pool { conns: Mutex::new(HashMap::new()) }
+        H2Pool { slots: Mutex::new(HashMap::new()) }
     }
 }
 
 impl<K: Eq + Hash + Clone> H2Pool<K> {
-    fn cached(&self, key: &K) -> Option<http2::SendRequest<Body>> {
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.get(key).filter(|s| !s.is_closed()).cloned()
-    }
-
-    fn evict(&self, key: &K) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.get(key).is_some_and(|s| s.is_closed()) {
-            conns.remove(key);
+    fn slot(&self, key: &K) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(key) {
+            return s.clone();
         }
+        let s = Arc::new(Slot::default());
+        slots.insert(key.clone(), s.clone());
+        s
     }
 
-    /// Two requests that find no connection at the same moment may both connect; the later one
-    /// replaces the earlier in the cache and both connections serve until idle. That costs one
-    /// extra handshake at start-up and keeps the lock off every await.
-    async fn connect<F, Fut, IO>(&self, key: &K, connect: F) -> Result<http2::SendRequest<Body>, ProxyError>
+    async fn connect<F, Fut, IO>(&self, slot: &Slot, connect: F) -> Result<http2::SendRequest<Body>, ProxyError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::io::Result<IO>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let _one_at_a_time = slot.connecting.lock().await;
+        if let Some(tx) = slot.live() {
+            return Ok(tx);
+        }
         let io = connect().await.map_err(ProxyError::ConnectFailed)?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -191,8 +213,7 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
                 tracing::debug!(error = %e, "HTTP/2 client connection ended");
             }
         });
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.insert(key.clone(), tx.clone());
+        *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         Ok(tx)
     }
 
@@ -203,17 +224,18 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         *req.version_mut() = http::Version::HTTP_2;
+        let slot = self.slot(key);
         let mut fresh = false;
         loop {
-            let mut tx = match self.cached(key) {
+            let mut tx = match slot.live() {
                 Some(tx) => tx,
                 None => {
                     fresh = true;
-                    self.connect(key, &connect).await?
+                    self.connect(&slot, &connect).await?
                 }
             };
             if tx.ready().await.is_err() {
-                self.evict(key);
+                slot.clear_if_closed();
                 if fresh {
                     return Err(ProxyError::ConnectFailed(std::io::ErrorKind::ConnectionReset.into()));
                 }
@@ -225,7 +247,7 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
                 Err(mut e) => match e.take_message() {
                     // Not sent: the cached connection was dead. Try once on a new one.
                     Some(r) if !fresh => {
-                        self.evict(key);
+                        slot.clear_if_closed();
                         req = r;
                         fresh = true;
                     }
