@@ -37,6 +37,8 @@ pub struct Config {
     pub discovery: DiscoverySource,
     pub identity_addr: Option<String>,
     pub trust_anchors: Option<PathBuf>,
+    pub trust_domain: String,
+    pub inbound_mode: InboundMode,
     pub identity_token_file: Option<PathBuf>,
     pub worker_threads: usize,
     pub log: String,
@@ -47,6 +49,15 @@ pub struct Config {
     /// Ports whose traffic skips protocol detection (server-speaks-first protocols).
     pub inbound_opaque_ports: Vec<u16>,
     pub outbound_opaque_ports: Vec<u16>,
+}
+
+/// Whether the inbound side accepts plaintext from outside the mesh.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum InboundMode {
+    /// Mesh TLS or plaintext (the default: meshing a workload never breaks its existing clients).
+    Permissive,
+    /// Only mesh TLS; plaintext to a meshed port is refused and counted.
+    Strict,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +156,18 @@ impl Config {
             }
         };
 
+        let inbound_mode = match get("STRAIT_INBOUND_MODE").as_deref() {
+            None | Some("permissive") => InboundMode::Permissive,
+            Some("strict") => InboundMode::Strict,
+            Some(v) => {
+                errors.push(format!("STRAIT_INBOUND_MODE={v:?} is not permissive or strict"));
+                InboundMode::Permissive
+            }
+        };
+        if get("STRAIT_IDENTITY_ADDR").is_some() && get("STRAIT_TRUST_ANCHORS").is_none() {
+            errors.push("STRAIT_IDENTITY_ADDR needs STRAIT_TRUST_ANCHORS (the PEM bundle peers are checked against)".into());
+        }
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -159,6 +182,8 @@ impl Config {
             discovery,
             identity_addr: get("STRAIT_IDENTITY_ADDR"),
             trust_anchors: get("STRAIT_TRUST_ANCHORS").map(Into::into),
+            trust_domain: get("STRAIT_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
+            inbound_mode,
             identity_token_file: get("STRAIT_IDENTITY_TOKEN_FILE").map(Into::into),
             worker_threads,
             log: get("STRAIT_LOG").unwrap_or_else(|| "info".into()),

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub discovery_updates: IntCounterVec,
     pub ready: IntGauge,
     pub garbage_connections: IntCounter,
+    pub tls_handshakes: IntCounterVec,
+    pub identity_certify: IntCounterVec,
+    pub identity_expiry: IntGauge,
+    pub inbound_refused: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -84,6 +88,21 @@ impl Metrics {
             "Discovery updates received, by result (applied, rejected).",
             &["result"],
         );
+        let tls_handshakes = counter(
+            "strait_tls_handshakes_total",
+            "mTLS handshakes between proxies, by direction and result.",
+            &["direction", "result"],
+        );
+        let identity_certify = counter(
+            "strait_identity_certify_total",
+            "Certificate requests to the controller, by result.",
+            &["result"],
+        );
+        let inbound_refused = counter(
+            "strait_inbound_refused_total",
+            "Inbound connections refused by policy (strict mode plaintext, TLS not meant for this proxy).",
+            &["reason"],
+        );
         let tcp_open = must(IntGaugeVec::new(
             Opts::new("strait_tcp_connections_open", "TCP connections open now."),
             &["direction"],
@@ -107,8 +126,17 @@ impl Metrics {
             "Inbound connections closed because their first bytes were not a valid transport header.",
         ));
         must(registry.register(Box::new(garbage_connections.clone())));
+        let identity_expiry = must(IntGauge::new(
+            "strait_identity_cert_expiry_timestamp_seconds",
+            "When the proxy's current certificate expires (Unix seconds).",
+        ));
+        must(registry.register(Box::new(identity_expiry.clone())));
         Metrics {
             registry,
+            tls_handshakes,
+            identity_certify,
+            identity_expiry,
+            inbound_refused,
             requests,
             request_duration,
             proxy_errors,

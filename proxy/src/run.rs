@@ -16,6 +16,8 @@ use crate::{
     config::{Config, DiscoverySource},
     discover::{Discovery, remote::Identity, static_file},
     drain::Drain,
+    identity::{self, certify::Certifier},
+    tls::Tls,
     inbound::Inbound,
     metrics::Metrics,
     outbound::Outbound,
@@ -30,6 +32,10 @@ pub enum RunError {
     Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Discovery(#[from] static_file::StaticError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0:?} is not a valid identity (check STRAIT_TRUST_DOMAIN, STRAIT_NAMESPACE, STRAIT_SERVICE_ACCOUNT)")]
+    Identity(String),
 }
 
 /// Runs the proxy until SIGTERM/SIGINT or `/shutdown`, then drains. Returns once everything stopped.
@@ -69,13 +75,42 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         DiscoverySource::None => {}
     }
 
-    let outbound = Outbound::new(cfg.clone(), discovery.clone(), metrics.clone(), drain.clone());
-    let inbound = Inbound::new(cfg.clone(), metrics.clone(), drain.clone());
+    let tls = match (&cfg.identity_addr, &cfg.trust_anchors) {
+        (Some(addr), Some(anchors)) => {
+            let spiffe = identity::spiffe_id(&cfg.trust_domain, &cfg.namespace, &cfg.service_account);
+            let server_name = identity::server_name_for(&spiffe).ok_or_else(|| RunError::Identity(spiffe.clone()))?;
+            let store = identity::Store::new(spiffe, server_name);
+            let tls = Tls::new(anchors, store.clone())?;
+            let certifier = Certifier {
+                addr: addr.clone(),
+                workload: cfg.workload.clone(),
+                token_file: cfg.identity_token_file.clone(),
+                store,
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(certifier.run());
+            tokio::spawn(watch_anchors(tls.clone()));
+            Some(tls)
+        }
+        _ => None,
+    };
+
+    let outbound = Outbound::new(cfg.clone(), discovery.clone(), metrics.clone(), drain.clone(), tls.clone());
+    let inbound = Inbound::new(cfg.clone(), metrics.clone(), drain.clone(), tls.clone());
     let ob_task = tokio::spawn(outbound.serve(outbound_l));
     let ib_task = tokio::spawn(inbound.serve(inbound_l));
-    ready.store(true, Ordering::Release);
-    metrics.ready.set(1);
-    tracing::info!(outbound = %cfg.outbound_addr, inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, "proxy ready");
+    {
+        // Ready once the listeners are up and, with an identity, the first certificate is in.
+        let (ready, metrics, tls, cfg) = (ready.clone(), metrics.clone(), tls.clone(), cfg.clone());
+        tokio::spawn(async move {
+            if let Some(tls) = &tls {
+                tls.store.wait_ready().await;
+            }
+            ready.store(true, Ordering::Release);
+            metrics.ready.set(1);
+            tracing::info!(outbound = %cfg.outbound_addr, inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, "proxy ready");
+        });
+    }
 
     wait_for_stop(&drain).await;
     drain.start();
@@ -125,6 +160,21 @@ async fn watch_file(path: std::path::PathBuf, namespace: String, discovery: Disc
                 metrics.discovery_updates.with_label_values(&["rejected"]).inc();
                 tracing::warn!(error = %e, "mesh file rejected; keeping the last good one");
             }
+        }
+    }
+}
+
+/// How often the trust anchors file is checked: an anchor rotation reaches every proxy within seconds.
+const ANCHORS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Re-reads the trust anchors when the file changes; a bad file is reported and the old anchors kept.
+async fn watch_anchors(tls: Arc<Tls>) {
+    loop {
+        tokio::time::sleep(ANCHORS_RELOAD_INTERVAL).await;
+        match tls.reload_anchors() {
+            Ok(true) => tracing::info!("trust anchors reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "trust anchors rejected; keeping the current ones"),
         }
     }
 }

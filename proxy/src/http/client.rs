@@ -25,7 +25,14 @@ use tokio::{
 };
 
 use super::{Body, ProxyError, Request};
-use crate::transport::header::{Header, Protocol};
+use crate::{
+    metrics::Metrics,
+    tls::{HandshakeError, Tls},
+    transport::{
+        BoxedIo,
+        header::{Header, Protocol},
+    },
+};
 
 pub type Upstream = http::Response<Incoming>;
 
@@ -38,13 +45,16 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 
 pub struct Clients {
     connect_timeout: Duration,
+    /// Mesh TLS towards peers, when this proxy has an identity.
+    tls: Option<Arc<Tls>>,
+    metrics: Metrics,
     h1: Client<HttpConnector, Body>,
     h2: H2Pool<SocketAddr>,
     peers: H2Pool<(SocketAddr, u16)>,
 }
 
 impl Clients {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, tls: Option<Arc<Tls>>, metrics: Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -54,24 +64,67 @@ impl Clients {
             .pool_idle_timeout(H1_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Clients { connect_timeout, h1, h2: H2Pool::default(), peers: H2Pool::default() }
+        Clients { connect_timeout, tls, metrics, h1, h2: H2Pool::default(), peers: H2Pool::default() }
+    }
+
+    /// Whether connections to an endpoint with this identity use mesh TLS.
+    pub fn uses_tls(&self, identity: Option<&Arc<str>>) -> bool {
+        self.tls.is_some() && identity.is_some()
+    }
+
+    /// Connects to a peer proxy: mTLS when this proxy has an identity and discovery names the
+    /// peer's, then the transport header.
+    pub async fn connect_peer(
+        &self,
+        proxy: SocketAddr,
+        identity: Option<&Arc<str>>,
+        header: Header,
+    ) -> Result<BoxedIo, ProxyError> {
+        let tcp = connect(proxy, self.connect_timeout).await.map_err(ProxyError::ConnectFailed)?;
+        let mut io: BoxedIo = match (&self.tls, identity) {
+            (Some(tls), Some(id)) => match tls.connect(tcp, id).await {
+                Ok(s) => {
+                    self.metrics.tls_handshakes.with_label_values(&["outbound", "ok"]).inc();
+                    Box::new(s)
+                }
+                Err(e) => {
+                    tracing::debug!(%proxy, identity = %id, error = %e, "mesh TLS handshake failed");
+                    return Err(match e {
+                        HandshakeError::IdentityMismatch(_) => {
+                            self.metrics.tls_handshakes.with_label_values(&["outbound", "identity-mismatch"]).inc();
+                            ProxyError::IdentityMismatch
+                        }
+                        HandshakeError::Failed(e) => {
+                            self.metrics.tls_handshakes.with_label_values(&["outbound", "error"]).inc();
+                            ProxyError::ConnectFailed(e)
+                        }
+                        HandshakeError::BadIdentity(_) => ProxyError::IdentityMismatch,
+                    });
+                }
+            },
+            _ => Box::new(tcp),
+        };
+        io.write_all(&header.encode()).await.map_err(ProxyError::ConnectFailed)?;
+        Ok(io)
     }
 
     /// Sends a request over the HTTP/2 connection to a peer proxy, for its workload's `port`.
-    pub async fn to_peer(&self, proxy: SocketAddr, port: u16, req: Request) -> Result<Upstream, ProxyError> {
-        let timeout = self.connect_timeout;
+    pub async fn to_peer(
+        &self,
+        proxy: SocketAddr,
+        port: u16,
+        identity: Option<&Arc<str>>,
+        req: Request,
+    ) -> Result<Upstream, ProxyError> {
         self.peers
-            .send(&(proxy, port), req, || async move {
-                let io = connect(proxy, timeout).await?;
-                with_header(io, Header { port, protocol: Protocol::Http2 }).await
-            })
+            .send(&(proxy, port), req, || self.connect_peer(proxy, identity, Header { port, protocol: Protocol::Http2 }))
             .await
     }
 
     /// Sends a request over HTTP/2 with prior knowledge to a plain address.
     pub async fn to_h2(&self, addr: SocketAddr, req: Request) -> Result<Upstream, ProxyError> {
         let timeout = self.connect_timeout;
-        self.h2.send(&addr, req, || connect(addr, timeout)).await
+        self.h2.send(&addr, req, || async move { connect(addr, timeout).await.map_err(ProxyError::ConnectFailed) }).await
     }
 
     /// Sends a request over a pooled HTTP/1 connection to a plain address. The URI is rewritten to
@@ -88,16 +141,6 @@ impl Clients {
         })
     }
 
-    /// Opens a dedicated HTTP/1 connection to a peer proxy (for a request that upgrades).
-    pub async fn connect_peer_h1(&self, proxy: SocketAddr, port: u16) -> Result<TcpStream, ProxyError> {
-        let io = connect(proxy, self.connect_timeout).await.map_err(ProxyError::ConnectFailed)?;
-        with_header(io, Header { port, protocol: Protocol::Http1 }).await.map_err(ProxyError::ConnectFailed)
-    }
-
-    pub async fn connect_peer_opaque(&self, proxy: SocketAddr, port: u16) -> Result<TcpStream, ProxyError> {
-        let io = connect(proxy, self.connect_timeout).await.map_err(ProxyError::ConnectFailed)?;
-        with_header(io, Header { port, protocol: Protocol::Opaque }).await.map_err(ProxyError::ConnectFailed)
-    }
 
     pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
         connect(addr, self.connect_timeout).await.map_err(ProxyError::ConnectFailed)
@@ -121,11 +164,6 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))??;
     s.set_nodelay(true)?;
     Ok(s)
-}
-
-async fn with_header(mut io: TcpStream, h: Header) -> std::io::Result<TcpStream> {
-    io.write_all(&h.encode()).await?;
-    Ok(io)
 }
 
 /// Sends a request on a fresh HTTP/1 connection, upgrades allowed (the connection is then the
@@ -193,14 +231,14 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
     async fn connect<F, Fut, IO>(&self, slot: &Slot, connect: F) -> Result<http2::SendRequest<Body>, ProxyError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = std::io::Result<IO>>,
+        Fut: Future<Output = Result<IO, ProxyError>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let _one_at_a_time = slot.connecting.lock().await;
         if let Some(tx) = slot.live() {
             return Ok(tx);
         }
-        let io = connect().await.map_err(ProxyError::ConnectFailed)?;
+        let io = connect().await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEPALIVE)
@@ -220,7 +258,7 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
     pub async fn send<F, Fut, IO>(&self, key: &K, mut req: Request, connect: F) -> Result<Upstream, ProxyError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = std::io::Result<IO>>,
+        Fut: Future<Output = Result<IO, ProxyError>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         *req.version_mut() = http::Version::HTTP_2;

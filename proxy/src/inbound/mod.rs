@@ -9,7 +9,8 @@ use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    config::Config,
+    config::{Config, InboundMode},
+    tls::{Tls, peer_identity},
     detect::{self, Detected},
     drain::{self, Drain},
     http::{
@@ -21,7 +22,7 @@ use crate::{
     },
     metrics::Metrics,
     transport::{
-        Counted,
+        BoxedIo, Counted, Io,
         header::{Header, Protocol},
         orig_dst::orig_dst,
         tcp,
@@ -35,12 +36,14 @@ pub struct Inbound {
     clients: Clients,
     metrics: Metrics,
     drain: Drain,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Inbound {
-    pub fn new(cfg: Arc<Config>, metrics: Metrics, drain: Drain) -> Arc<Self> {
-        let clients = Clients::new(cfg.connect_timeout);
-        Arc::new(Inbound { cfg, clients, metrics, drain })
+    pub fn new(cfg: Arc<Config>, metrics: Metrics, drain: Drain, tls: Option<Arc<Tls>>) -> Arc<Self> {
+        // Towards the local application only: never mesh TLS.
+        let clients = Clients::new(cfg.connect_timeout, None, metrics.clone());
+        Arc::new(Inbound { cfg, clients, metrics, drain, tls })
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -65,29 +68,90 @@ impl Inbound {
 
     async fn accept(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watch: drain::Watch) {
         let _ = tcp.set_nodelay(true);
-        let redirected = orig_dst(&tcp);
-        let mut io = Counted::new(tcp, &self.metrics, DIRECTION);
-        if let Some(dst) = redirected {
+        if let Some(dst) = orig_dst(&tcp) {
+            let io = Counted::new(tcp, &self.metrics, DIRECTION);
             return self.redirected(io, dst, &watch).await;
         }
+        // Addressed to the inbound listener itself: a peer proxy. Mesh TLS when this proxy has an
+        // identity; a plaintext transport header only from proxies without one, and never in strict mode.
+        let mut first = [0u8; 1];
+        let is_tls = match tokio::time::timeout(self.cfg.detect_timeout, tcp.peek(&mut first)).await {
+            Ok(Ok(1)) => first[0] == 0x16,
+            _ => {
+                self.metrics.garbage_connections.inc();
+                return;
+            }
+        };
+        let io = Counted::new(tcp, &self.metrics, DIRECTION);
+        match (&self.tls, is_tls) {
+            (Some(tls), true) => {
+                let Some((stream, peer_id)) = self.handshake(tls, io, peer).await else { return };
+                self.serve_peer(stream, Some(peer_id), &watch).await
+            }
+            (_, false) if self.cfg.inbound_mode == InboundMode::Permissive => self.serve_peer(io, None, &watch).await,
+            (_, false) => {
+                self.metrics.inbound_refused.with_label_values(&["strict-plaintext"]).inc();
+                tracing::debug!(%peer, "plaintext connection refused in strict mode");
+            }
+            (None, true) => {
+                self.metrics.inbound_refused.with_label_values(&["no-identity"]).inc();
+                tracing::debug!(%peer, "TLS connection but this proxy has no identity; closing");
+            }
+        }
+    }
+
+    /// Terminates mesh TLS meant for this proxy (its server name); anything else is refused.
+    async fn handshake<I: Io>(&self, tls: &Tls, io: I, peer: SocketAddr) -> Option<(BoxedIo, Arc<str>)> {
+        let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+        let start = match tokio::time::timeout(self.cfg.detect_timeout, acceptor).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                self.metrics.tls_handshakes.with_label_values(&[DIRECTION, "error"]).inc();
+                return None;
+            }
+        };
+        if start.client_hello().server_name() != Some(&*tls.store.server_name) {
+            self.metrics.inbound_refused.with_label_values(&["server-name"]).inc();
+            tracing::debug!(%peer, sni = ?start.client_hello().server_name(), "TLS not meant for this proxy; closing");
+            return None;
+        }
+        match start.into_stream(tls.server_config()).await {
+            Ok(stream) => {
+                let Some(id) = peer_identity(stream.get_ref().1.peer_certificates()) else {
+                    self.metrics.tls_handshakes.with_label_values(&[DIRECTION, "no-identity"]).inc();
+                    return None;
+                };
+                self.metrics.tls_handshakes.with_label_values(&[DIRECTION, "ok"]).inc();
+                Some((Box::new(stream), id))
+            }
+            Err(e) => {
+                self.metrics.tls_handshakes.with_label_values(&[DIRECTION, "error"]).inc();
+                tracing::debug!(%peer, error = %e, "inbound TLS handshake failed");
+                None
+            }
+        }
+    }
+
+    /// A connection from a peer proxy: the transport header, then what it announces.
+    async fn serve_peer<I: Io>(self: &Arc<Self>, mut io: I, peer_id: Option<Arc<str>>, watch: &drain::Watch) {
         let header = match tokio::time::timeout(self.cfg.detect_timeout, Header::read(&mut io)).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 self.metrics.garbage_connections.inc();
-                tracing::debug!(%peer, error = %e, "inbound connection without a valid transport header; closing");
+                tracing::debug!(error = %e, "inbound connection without a valid transport header; closing");
                 return;
             }
             Err(_) => {
                 self.metrics.garbage_connections.inc();
-                tracing::debug!(%peer, "inbound connection sent no transport header in time; closing");
+                tracing::debug!("inbound connection sent no transport header in time; closing");
                 return;
             }
         };
         let local = SocketAddr::new(self.cfg.inbound_local_ip, header.port);
-        let h = Handler { ib: self.clone(), local };
+        let h = Handler { ib: self.clone(), local, peer_id };
         match header.protocol {
-            Protocol::Http2 => server::serve_h2(io, hyper::service::service_fn(move |r| h.clone().handle(r)), &watch).await,
-            Protocol::Http1 => server::serve_h1(io, hyper::service::service_fn(move |r| h.clone().handle(r)), &watch).await,
+            Protocol::Http2 => server::serve_h2(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
+            Protocol::Http1 => server::serve_h1(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
             Protocol::Opaque => self.opaque(io, local).await,
         }
     }
@@ -98,6 +162,11 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let local = SocketAddr::new(self.cfg.inbound_local_ip, dst.port());
+        if self.cfg.inbound_mode == InboundMode::Strict {
+            self.metrics.inbound_refused.with_label_values(&["strict-plaintext"]).inc();
+            tracing::debug!(%dst, "plaintext to a meshed port refused in strict mode");
+            return;
+        }
         if self.cfg.inbound_opaque_ports.contains(&dst.port()) {
             self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
             return self.opaque(io, local).await;
@@ -107,7 +176,7 @@ impl Inbound {
             Err(_) => return,
         };
         self.metrics.detect.with_label_values(&[DIRECTION, detected.as_str()]).inc();
-        let h = Handler { ib: self.clone(), local };
+        let h = Handler { ib: self.clone(), local, peer_id: None };
         match detected {
             Detected::Http1 => server::serve_h1(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
             Detected::Http2 => server::serve_h2(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
@@ -135,6 +204,8 @@ impl Inbound {
 struct Handler {
     ib: Arc<Inbound>,
     local: SocketAddr,
+    /// The client proxy's verified identity, when the connection is mesh TLS.
+    peer_id: Option<Arc<str>>,
 }
 
 impl Handler {
@@ -143,6 +214,11 @@ impl Handler {
         let mut req = req.map(Body::from);
         // Only the inbound side vouches for a client's identity; never trust one from the wire.
         req.headers_mut().remove(headers::CLIENT_ID);
+        if let Some(id) = &self.peer_id {
+            if let Ok(v) = http::HeaderValue::from_str(id) {
+                req.headers_mut().insert(headers::CLIENT_ID, v);
+            }
+        }
         let orig_h1 = req.headers_mut().remove(headers::ORIG_PROTO).is_some();
         let client_version = req.version();
         let authority = req
@@ -153,8 +229,14 @@ impl Handler {
             .unwrap_or_default();
 
         let result = self.forward(req, orig_h1, &authority).await;
-        let labels =
-            Labels { direction: DIRECTION, authority: &authority, dst_service: "", dst_namespace: "", tls: "false", peer_id: "" };
+        let labels = Labels {
+            direction: DIRECTION,
+            authority: &authority,
+            dst_service: "",
+            dst_namespace: "",
+            tls: if self.peer_id.is_some() { "true" } else { "false" },
+            peer_id: self.peer_id.as_deref().unwrap_or(""),
+        };
         let rsp = match result {
             Ok(mut rsp) => {
                 let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok());

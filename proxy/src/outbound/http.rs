@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use super::{DIRECTION, Io, Outbound, Target};
 use crate::{
     discover::ServiceProfile,
+    transport::header::{Header, Protocol},
     drain,
     http::{
         Body, ProxyError, Request, Response,
@@ -65,17 +66,20 @@ impl Handler {
         // The application never gets to set the identity header the inbound side vouches for.
         req.headers_mut().remove(headers::CLIENT_ID);
 
-        let (result, labels_authority) = match &profile {
-            Some(p) => (self.to_service(req, p, &authority).await, &*p.authority),
-            None => (self.passthrough(req, &authority).await, authority.as_str()),
+        let (result, labels_authority, peer) = match &profile {
+            Some(p) => {
+                let (r, peer) = self.to_service(req, p, &authority).await;
+                (r, &*p.authority, peer)
+            }
+            None => (self.passthrough(req, &authority).await, authority.as_str(), None),
         };
         let labels = Labels {
             direction: DIRECTION,
             authority: labels_authority,
             dst_service: profile.as_ref().map_or("", |p| &p.name),
             dst_namespace: profile.as_ref().map_or("", |p| &p.namespace),
-            tls: "false",
-            peer_id: "",
+            tls: if peer.is_some() { "true" } else { "false" },
+            peer_id: peer.as_deref().unwrap_or(""),
         };
         let rsp = match result {
             Ok(mut rsp) => {
@@ -98,15 +102,27 @@ impl Handler {
         Ok(rsp)
     }
 
-    /// To one endpoint of a meshed service.
-    async fn to_service(&self, mut req: Request, p: &ServiceProfile, authority: &str) -> Result<Upstream, ProxyError> {
-        let ep = p.pick().ok_or(ProxyError::NoEndpoints)?;
+    /// To one endpoint of a meshed service; also returns the identity the endpoint proved, when
+    /// the hop is mesh TLS.
+    async fn to_service(
+        &self,
+        req: Request,
+        p: &ServiceProfile,
+        authority: &str,
+    ) -> (Result<Upstream, ProxyError>, Option<Arc<str>>) {
+        let Some(ep) = p.pick() else { return (Err(ProxyError::NoEndpoints), None) };
+        let peer = (ep.proxy.is_some() && self.ob.clients.uses_tls(ep.identity.as_ref())).then(|| ep.identity.clone()).flatten();
+        (self.to_endpoint(req, ep, authority).await, peer)
+    }
+
+    async fn to_endpoint(&self, mut req: Request, ep: &crate::discover::Endpoint, authority: &str) -> Result<Upstream, ProxyError> {
         let port = ep.addr.port();
         let upgrade = headers::is_upgrade(req.headers());
         match ep.proxy {
             Some(proxy) if upgrade => {
                 set_origin_form(&mut req, authority)?;
-                let io = self.ob.clients.connect_peer_h1(proxy, port).await?;
+                let header = Header { port, protocol: Protocol::Http1 };
+                let io = self.ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await?;
                 upgrade::send(io, req).await
             }
             Some(proxy) => {
@@ -116,7 +132,7 @@ impl Handler {
                 headers::strip_hop_by_hop(req.headers_mut());
                 let host = req.headers_mut().remove(header::HOST);
                 *req.uri_mut() = absolute(req.uri(), host.as_ref(), authority)?;
-                self.ob.clients.to_peer(proxy, port, req).await
+                self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await
             }
             None => self.direct(req, ep.addr, authority).await,
         }

@@ -8,10 +8,7 @@ mod tcp;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     config::Config,
@@ -44,12 +41,17 @@ pub(crate) enum Target {
     Tunnel(Arc<str>),
 }
 
-pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub(crate) use crate::transport::Io;
 
 impl Outbound {
-    pub fn new(cfg: Arc<Config>, discovery: Discovery, metrics: Metrics, drain: Drain) -> Arc<Self> {
-        let clients = Clients::new(cfg.connect_timeout);
+    pub fn new(
+        cfg: Arc<Config>,
+        discovery: Discovery,
+        metrics: Metrics,
+        drain: Drain,
+        tls: Option<Arc<crate::tls::Tls>>,
+    ) -> Arc<Self> {
+        let clients = Clients::new(cfg.connect_timeout, tls, metrics.clone());
         Arc::new(Outbound { cfg, discovery, clients, metrics, drain })
     }
 

@@ -4,7 +4,15 @@
 use std::sync::Arc;
 
 use super::{DIRECTION, Io, Outbound, Target};
-use crate::{discover::ServiceProfile, http::ProxyError, transport::tcp};
+use crate::{
+    discover::ServiceProfile,
+    http::ProxyError,
+    transport::{
+        BoxedIo,
+        header::{Header, Protocol},
+        tcp,
+    },
+};
 
 pub(super) async fn forward<I: Io>(
     ob: &Arc<Outbound>,
@@ -12,22 +20,26 @@ pub(super) async fn forward<I: Io>(
     target: &Target,
     profile: Option<Arc<ServiceProfile>>,
 ) {
+    let plain = |r: Result<tokio::net::TcpStream, ProxyError>| r.map(|s| Box::new(s) as BoxedIo);
     let server = match (profile, target) {
         (Some(p), _) => match p.pick() {
             Some(ep) => match ep.proxy {
-                Some(proxy) => ob.clients.connect_peer_opaque(proxy, ep.addr.port()).await,
-                None => ob.clients.connect(ep.addr).await,
+                Some(proxy) => {
+                    let header = Header { port: ep.addr.port(), protocol: Protocol::Opaque };
+                    ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await
+                }
+                None => plain(ob.clients.connect(ep.addr).await),
             },
             None => Err(ProxyError::NoEndpoints),
         },
         (None, Target::OrigDst(dst)) => {
             ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
-            ob.clients.connect(*dst).await
+            plain(ob.clients.connect(*dst).await)
         }
         (None, Target::Tunnel(authority)) => {
             ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
             match resolve(authority).await {
-                Ok(addr) => ob.clients.connect(addr).await,
+                Ok(addr) => plain(ob.clients.connect(addr).await),
                 Err(e) => Err(ProxyError::ConnectFailed(e)),
             }
         }
