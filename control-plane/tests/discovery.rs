@@ -242,7 +242,7 @@ async fn a_subscription_gets_the_snapshot_then_every_real_change() {
     // A new endpoint arrives quickly, once per subscription it changes.
     let edited = Instant::now();
     write(&m.path, &mesh(&[FIRST, SECOND], ""));
-    let mut got = vec![p.update().await, p.update().await];
+    let mut got = [p.update().await, p.update().await];
     assert!(edited.elapsed() < PROPAGATION, "took {:?}", edited.elapsed());
     got.sort_by(|a, b| a.authority.cmp(&b.authority));
     assert_eq!(got[1].authority, "orders.demo:8080");
@@ -266,7 +266,7 @@ async fn a_subscription_gets_the_snapshot_then_every_real_change() {
 
     // Fixing the file serves it again.
     write(&m.path, &mesh(&[FIRST], ""));
-    let mut fixed = vec![p.update().await, p.update().await, p.update().await];
+    let mut fixed = [p.update().await, p.update().await, p.update().await];
     fixed.sort_by(|a, b| a.authority.cmp(&b.authority));
     let authorities: Vec<_> = fixed.iter().map(|u| u.authority.as_str()).collect();
     assert_eq!(authorities, ["10.96.0.20:9090", "orders.demo:8080", "orders:8080"]);
