@@ -394,6 +394,18 @@ measure() { # measure SETUP LOAD REP
     run_load "$load" "$out"
     record_proxies "$out/ticks.before" "$out/proxies.txt"
     stop_all
+    note_proxy_logs "$out"
+}
+
+note_proxy_logs() { # warnings and errors the proxies logged during the run go under the table
+    local out=$1 logfile count first
+    for logfile in "$RUN"/strait-*.log "$RUN"/*/haproxy.log "$RUN"/*/error.log; do
+        [[ -f $logfile ]] || continue
+        count=$(sed 's/\x1b\[[0-9;]*m//g' "$logfile" | grep -cE 'WARN|ERROR|ALERT|\[(warn|error|crit|alert|emerg)\]' || true)
+        ((count > 0)) || continue
+        first=$(sed 's/\x1b\[[0-9;]*m//g' "$logfile" | grep -m1 -E 'WARN|ERROR|ALERT|\[(warn|error|crit|alert|emerg)\]' | cut -c1-200)
+        echo "${logfile#"$RUN"/}: $count warning/error line(s), first: $first" >>"$out/note"
+    done
 }
 
 # ---------------------------------------------------------------------------------------------------
