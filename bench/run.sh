@@ -427,6 +427,9 @@ main() {
     grpc_body
 
     LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+    if [[ $MODE == full ]] && awk '{exit !($1 > 1)}' /proc/loadavg; then
+        warn "load average ${LOADAVG_BEFORE%% *} before the run: other work shares the cores, figures will be noisy"
+    fi
     log "mode $MODE: $REPS repetition(s), ${DURATION} s per load; setups: $SETUPS; loads: $LOADS"
     log "pinning: load tool on CPU $CLIENT_CPU; proxies and server on CPU $SUT_CPU"
     local rep setup load
