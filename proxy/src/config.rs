@@ -10,10 +10,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 pub const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:7140";
 /// All interfaces: peers' proxies and redirected inbound traffic arrive on the pod's IP.
 pub const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:7143";
+/// With the defaults, the proxy also listens on these when the host has IPv6, so that the IPv6
+/// traffic `strait-proxy init` redirects (to `::1` outbound, to the pod's IPv6 address inbound)
+/// finds a listener. Skipped, with a log line, where IPv6 is off; listed addresses are never skipped.
+pub const DEFAULT_OUTBOUND_ADDR_V6: &str = "[::1]:7140";
+pub const DEFAULT_INBOUND_ADDR_V6: &str = "[::]:7143";
 /// All interfaces so Prometheus and the kubelet's probes can reach it.
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:7191";
-/// The application's own listeners are reached on loopback from the inbound side.
-pub const DEFAULT_INBOUND_LOCAL_IP: &str = "127.0.0.1";
 /// A sidecar's CPU budget is small; one worker serves a typical pod and keeps RSS low.
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// How long protocol detection waits for the client's first bytes. Short, so that a
@@ -27,10 +30,21 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The first of `outbound_addrs`.
     pub outbound_addr: SocketAddr,
+    /// Every outbound listener (`STRAIT_OUTBOUND_ADDR` may list several, comma-separated).
+    pub outbound_addrs: Vec<SocketAddr>,
+    /// The first of `inbound_addrs`.
     pub inbound_addr: SocketAddr,
+    pub inbound_addrs: Vec<SocketAddr>,
+    /// Listeners the defaults added for IPv6, not asked for: skipped where the host has no IPv6.
+    pub optional_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
-    pub inbound_local_ip: std::net::IpAddr,
+    /// Where the inbound side reaches the workload. `None` (the default): the address the
+    /// connection arrived on — the original destination of a redirected connection, the local
+    /// address a peer proxy dialled — so the workload is reached exactly as a client outside the mesh
+    /// would reach it (an application that listens on loopback only stays private).
+    pub inbound_local_ip: Option<std::net::IpAddr>,
     pub namespace: String,
     pub workload: String,
     pub service_account: String,
@@ -89,17 +103,33 @@ impl Config {
                 SocketAddr::from(([0, 0, 0, 0], 0))
             })
         };
-        let outbound_addr = addr("STRAIT_OUTBOUND_ADDR", DEFAULT_OUTBOUND_ADDR);
-        let inbound_addr = addr("STRAIT_INBOUND_ADDR", DEFAULT_INBOUND_ADDR);
         let admin_addr = addr("STRAIT_ADMIN_ADDR", DEFAULT_ADMIN_ADDR);
-
-        let inbound_local_ip = {
-            let v = get("STRAIT_INBOUND_LOCAL_IP").unwrap_or_else(|| DEFAULT_INBOUND_LOCAL_IP.into());
-            v.parse().unwrap_or_else(|_| {
-                errors.push(format!("STRAIT_INBOUND_LOCAL_IP={v:?} is not an IP address"));
-                std::net::IpAddr::from([127, 0, 0, 1])
-            })
+        let mut addrs = |key: &str, defaults: &[&str]| -> Vec<SocketAddr> {
+            let v = get(key).unwrap_or_else(|| defaults.join(","));
+            let parsed: Result<Vec<SocketAddr>, _> = v.split(',').map(|a| a.trim().parse::<SocketAddr>()).collect();
+            match parsed {
+                Ok(list) if !list.is_empty() => list,
+                _ => {
+                    errors.push(format!("{key}={v:?} is not an ip:port socket address (or a comma-separated list of them)"));
+                    vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+                }
+            }
         };
+        let outbound_addrs = addrs("STRAIT_OUTBOUND_ADDR", &[DEFAULT_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR_V6]);
+        let inbound_addrs = addrs("STRAIT_INBOUND_ADDR", &[DEFAULT_INBOUND_ADDR, DEFAULT_INBOUND_ADDR_V6]);
+        let optional_addrs: Vec<SocketAddr> = [("STRAIT_OUTBOUND_ADDR", DEFAULT_OUTBOUND_ADDR_V6), ("STRAIT_INBOUND_ADDR", DEFAULT_INBOUND_ADDR_V6)]
+            .into_iter()
+            .filter(|(key, _)| get(key).is_none())
+            .filter_map(|(_, a)| a.parse().ok())
+            .collect();
+
+        let inbound_local_ip = get("STRAIT_INBOUND_LOCAL_IP").and_then(|v| match v.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                errors.push(format!("STRAIT_INBOUND_LOCAL_IP={v:?} is not an IP address"));
+                None
+            }
+        });
 
         let discovery = match (get("STRAIT_DISCOVERY_FILE"), get("STRAIT_DISCOVERY_ADDR")) {
             (Some(_), Some(_)) => {
@@ -172,8 +202,11 @@ impl Config {
             return Err(ConfigError(errors));
         }
         Ok(Config {
-            outbound_addr,
-            inbound_addr,
+            outbound_addr: outbound_addrs[0],
+            outbound_addrs,
+            inbound_addr: inbound_addrs[0],
+            inbound_addrs,
+            optional_addrs,
             admin_addr,
             inbound_local_ip,
             namespace: get("STRAIT_NAMESPACE").unwrap_or_else(|| "default".into()),
@@ -250,6 +283,21 @@ mod tests {
         assert_eq!(c.inbound_addr.to_string(), "0.0.0.0:7143");
         assert_eq!(c.admin_addr.to_string(), "0.0.0.0:7191");
         assert_eq!(c.worker_threads, 1);
+        // Dual-stack by default (the IPv6 listeners are skipped where IPv6 is off).
+        assert_eq!(c.outbound_addrs, ["127.0.0.1:7140".parse().unwrap(), "[::1]:7140".parse().unwrap()]);
+        assert_eq!(c.inbound_addrs, ["0.0.0.0:7143".parse().unwrap(), "[::]:7143".parse().unwrap()]);
+        assert_eq!(c.optional_addrs, [c.outbound_addrs[1], c.inbound_addrs[1]]);
+        assert_eq!(c.inbound_local_ip, None);
+    }
+
+    #[test]
+    fn listeners_may_be_listed() {
+        let c = cfg(&[("STRAIT_OUTBOUND_ADDR", "127.0.0.1:1, [::1]:1"), ("STRAIT_INBOUND_ADDR", "127.0.0.1:2")]).unwrap();
+        assert_eq!(c.outbound_addr.to_string(), "127.0.0.1:1");
+        assert_eq!(c.outbound_addrs.len(), 2);
+        assert_eq!(c.inbound_addrs, [c.inbound_addr]);
+        assert!(c.optional_addrs.is_empty());
+        assert!(cfg(&[("STRAIT_OUTBOUND_ADDR", "127.0.0.1:1,")]).is_err());
     }
 
     #[test]

@@ -1,8 +1,20 @@
 //! The `strait-proxy` binary: reads the environment, starts the runtime, runs the proxy.
+//! `strait-proxy init [options]` instead writes the pod's iptables rules and exits (see `init`).
 
 use strait_proxy::config::Config;
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("init") => std::process::exit(strait_proxy::init::main(&args[1..])),
+        Some(other) => {
+            eprintln!(
+                "strait-proxy: unknown command {other:?}\nusage: strait-proxy            (the proxy; configured by STRAIT_* variables)\n       strait-proxy init [--help]  (the pod's iptables rules)"
+            );
+            std::process::exit(2);
+        }
+    }
     let cfg = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -40,6 +40,12 @@ pub struct Metrics {
     pub identity_certify: IntCounterVec,
     pub identity_expiry: IntGauge,
     pub inbound_refused: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    pub circuit_open: IntGaugeVec,
+    pub circuit_ejections: IntCounterVec,
+    pub bulkhead_in_flight: IntGaugeVec,
+    pub bulkhead_rejected: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -103,6 +109,34 @@ impl Metrics {
             "Inbound connections refused by policy (strict mode plaintext, TLS not meant for this proxy).",
             &["reason"],
         );
+        let retries = counter("strait_retries_total", "Requests sent again, by reason.", &["dst_service", "reason"]);
+        let retry_budget_exhausted = counter(
+            "strait_retry_budget_exhausted_total",
+            "Retries not made because the service's retry budget was spent.",
+            &["dst_service"],
+        );
+        let circuit_ejections = counter(
+            "strait_circuit_ejections_total",
+            "Endpoints ejected by their circuit breaker.",
+            &["dst_service"],
+        );
+        let bulkhead_rejected = counter(
+            "strait_bulkhead_rejected_total",
+            "Requests refused because the service's bulkhead was full.",
+            &["dst_service"],
+        );
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = must(IntGaugeVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let circuit_open = gauge(
+            "strait_circuit_open",
+            "1 while an endpoint is ejected (open or half-open circuit).",
+            &["dst_service", "endpoint"],
+        );
+        let bulkhead_in_flight =
+            gauge("strait_bulkhead_in_flight", "Requests in flight to the service from this proxy.", &["dst_service"]);
         let tcp_open = must(IntGaugeVec::new(
             Opts::new("strait_tcp_connections_open", "TCP connections open now."),
             &["direction"],
@@ -137,6 +171,12 @@ impl Metrics {
             identity_certify,
             identity_expiry,
             inbound_refused,
+            retries,
+            retry_budget_exhausted,
+            circuit_open,
+            circuit_ejections,
+            bulkhead_in_flight,
+            bulkhead_rejected,
             requests,
             request_duration,
             proxy_errors,

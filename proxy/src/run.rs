@@ -9,6 +9,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use std::net::SocketAddr;
+
 use tokio::net::TcpListener;
 
 use crate::{
@@ -50,8 +52,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { what, addr, source })
     };
     let admin_l = bind("admin", cfg.admin_addr).await?;
-    let outbound_l = bind("outbound", cfg.outbound_addr).await?;
-    let inbound_l = bind("inbound", cfg.inbound_addr).await?;
+    let outbound_ls = bind_all("outbound", &cfg.outbound_addrs, &cfg.optional_addrs)?;
+    let inbound_ls = bind_all("inbound", &cfg.inbound_addrs, &cfg.optional_addrs)?;
 
     let admin = Admin { cfg: cfg.clone(), metrics: metrics.clone(), drain: drain.clone(), ready: ready.clone() };
     tokio::spawn(admin.serve(admin_l));
@@ -97,8 +99,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let outbound = Outbound::new(cfg.clone(), discovery.clone(), metrics.clone(), drain.clone(), tls.clone());
     let inbound = Inbound::new(cfg.clone(), metrics.clone(), drain.clone(), tls.clone());
-    let ob_task = tokio::spawn(outbound.serve(outbound_l));
-    let ib_task = tokio::spawn(inbound.serve(inbound_l));
+    let ob_tasks: Vec<_> = outbound_ls.into_iter().map(|l| tokio::spawn(outbound.clone().serve(l))).collect();
+    let ib_tasks: Vec<_> = inbound_ls.into_iter().map(|l| tokio::spawn(inbound.clone().serve(l))).collect();
     {
         // Ready once the listeners are up and, with an identity, the first certificate is in.
         let (ready, metrics, tls, cfg) = (ready.clone(), metrics.clone(), tls.clone(), cfg.clone());
@@ -115,12 +117,51 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     wait_for_stop(&drain).await;
     drain.start();
     metrics.ready.set(0);
-    let _ = tokio::join!(ob_task, ib_task);
+    for t in ob_tasks.into_iter().chain(ib_tasks) {
+        let _ = t.await;
+    }
     tracing::info!(active = drain.active(), grace = ?cfg.shutdown_grace, "draining");
     if tokio::time::timeout(cfg.shutdown_grace, drain.idle()).await.is_err() {
         tracing::warn!(active = drain.active(), "grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// Binds every listener of one kind. An IPv6 address on the same port as an IPv4 one listens for
+/// IPv6 only (both can then share the port); an optional one (added by the defaults) is skipped
+/// where the host has no IPv6.
+fn bind_all(what: &'static str, addrs: &[SocketAddr], optional: &[SocketAddr]) -> Result<Vec<TcpListener>, RunError> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        let v6_only = addr.is_ipv6() && addrs.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
+        match listen(addr, v6_only) {
+            Ok(l) => out.push(l),
+            Err(e) if optional.contains(&addr) && is_no_ipv6(&e) => {
+                tracing::info!(%addr, error = %e, "no IPv6 here; not listening on the default IPv6 {what} address");
+            }
+            Err(source) => return Err(RunError::Bind { what, addr, source }),
+        }
+    }
+    Ok(out)
+}
+
+fn listen(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if v6_only {
+        sock.set_only_v6(true)?;
+    }
+    // As tokio's own bind: a restarted proxy rebinds at once despite connections in TIME_WAIT.
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// The errors binding an IPv6 address gives where IPv6 is disabled or absent.
+fn is_no_ipv6(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT))
 }
 
 async fn wait_for_stop(drain: &Drain) {

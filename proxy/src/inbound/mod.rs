@@ -2,7 +2,12 @@
 //! the framing), and, under iptables, connections redirected from clients outside the mesh. Every
 //! request and stream is forwarded only to this proxy's own workload.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
 
 use http::{StatusCode, Version, header};
 use hyper::body::Incoming;
@@ -30,6 +35,9 @@ use crate::{
 };
 
 const DIRECTION: &str = "inbound";
+
+/// Inside every mesh TLS server name (`<sa>.<ns>.serviceaccount.identity.strait.<td>`).
+const MESH_SERVER_NAME_INFIX: &str = ".serviceaccount.identity.strait.";
 
 pub struct Inbound {
     cfg: Arc<Config>,
@@ -72,6 +80,11 @@ impl Inbound {
             let io = Counted::new(tcp, &self.metrics, DIRECTION);
             return self.redirected(io, dst, &watch).await;
         }
+        // The address the peer proxy dialled: the workload is reached on the same one.
+        let arrived = match tcp.local_addr() {
+            Ok(a) => unmapped(a.ip()),
+            Err(_) => return,
+        };
         // Addressed to the inbound listener itself: a peer proxy. Mesh TLS when this proxy has an
         // identity; a plaintext transport header only from proxies without one, and never in strict mode.
         let mut first = [0u8; 1];
@@ -86,9 +99,11 @@ impl Inbound {
         match (&self.tls, is_tls) {
             (Some(tls), true) => {
                 let Some((stream, peer_id)) = self.handshake(tls, io, peer).await else { return };
-                self.serve_peer(stream, Some(peer_id), &watch).await
+                self.serve_peer(stream, arrived, Some(peer_id), &watch).await
             }
-            (_, false) if self.cfg.inbound_mode == InboundMode::Permissive => self.serve_peer(io, None, &watch).await,
+            (_, false) if self.cfg.inbound_mode == InboundMode::Permissive => {
+                self.serve_peer(io, arrived, None, &watch).await
+            }
             (_, false) => {
                 self.metrics.inbound_refused.with_label_values(&["strict-plaintext"]).inc();
                 tracing::debug!(%peer, "plaintext connection refused in strict mode");
@@ -112,7 +127,14 @@ impl Inbound {
         };
         if start.client_hello().server_name() != Some(&*tls.store.server_name) {
             self.metrics.inbound_refused.with_label_values(&["server-name"]).inc();
-            tracing::debug!(%peer, sni = ?start.client_hello().server_name(), "TLS not meant for this proxy; closing");
+            let sni = start.client_hello().server_name().map(str::to_owned);
+            tracing::debug!(%peer, ?sni, "TLS not meant for this proxy; closing");
+            if sni.as_deref().is_some_and(|n| n.contains(MESH_SERVER_NAME_INFIX)) {
+                // A peer proxy expecting another identity here (say, a stale endpoint): answer with
+                // our certificate so it sees who it reached and reports an identity mismatch rather
+                // than a bare reset. Nothing is served on the connection either way.
+                let _ = start.into_stream(tls.server_config()).await;
+            }
             return None;
         }
         match start.into_stream(tls.server_config()).await {
@@ -133,7 +155,13 @@ impl Inbound {
     }
 
     /// A connection from a peer proxy: the transport header, then what it announces.
-    async fn serve_peer<I: Io>(self: &Arc<Self>, mut io: I, peer_id: Option<Arc<str>>, watch: &drain::Watch) {
+    async fn serve_peer<I: Io>(
+        self: &Arc<Self>,
+        mut io: I,
+        arrived: IpAddr,
+        peer_id: Option<Arc<str>>,
+        watch: &drain::Watch,
+    ) {
         let header = match tokio::time::timeout(self.cfg.detect_timeout, Header::read(&mut io)).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
@@ -147,7 +175,10 @@ impl Inbound {
                 return;
             }
         };
-        let local = SocketAddr::new(self.cfg.inbound_local_ip, header.port);
+        let local = SocketAddr::new(self.cfg.inbound_local_ip.unwrap_or(arrived), header.port);
+        if self.is_own_listener(local) {
+            return;
+        }
         let h = Handler { ib: self.clone(), local, peer_id };
         match header.protocol {
             Protocol::Http2 => server::serve_h2(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
@@ -156,12 +187,17 @@ impl Inbound {
         }
     }
 
-    /// Traffic iptables redirected here from a client outside the mesh: to the same port locally.
+    /// Traffic iptables redirected here from a client outside the mesh: to the address it was sent to
+    /// (the pod's own; the proxy's UID is not redirected again), or the same port on
+    /// `STRAIT_INBOUND_LOCAL_IP` when set.
     async fn redirected<I>(self: &Arc<Self>, io: I, dst: SocketAddr, watch: &drain::Watch)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let local = SocketAddr::new(self.cfg.inbound_local_ip, dst.port());
+        let local = SocketAddr::new(self.cfg.inbound_local_ip.unwrap_or(unmapped(dst.ip())), dst.port());
+        if self.is_own_listener(local) {
+            return;
+        }
         if self.cfg.inbound_mode == InboundMode::Strict {
             self.metrics.inbound_refused.with_label_values(&["strict-plaintext"]).inc();
             tracing::debug!(%dst, "plaintext to a meshed port refused in strict mode");
@@ -183,6 +219,24 @@ impl Inbound {
             Detected::Closed => {}
             Detected::Tls | Detected::Opaque | Detected::Timeout => self.opaque(io, local).await,
         }
+    }
+
+    /// A target that is one of this proxy's own listeners (a client outside the pod sent traffic to
+    /// the outbound or admin port, or a peer named one in its header) is refused: forwarding it would
+    /// loop back into the proxy, and would let outsiders use the outbound side as an open proxy.
+    fn is_own_listener(&self, target: SocketAddr) -> bool {
+        let c = &self.cfg;
+        let own = c.outbound_addrs.iter().chain(&c.inbound_addrs).chain(std::iter::once(&c.admin_addr)).any(|l| {
+            l.port() == target.port()
+                && (l.ip() == target.ip()
+                    || (l.ip().is_unspecified() && l.is_ipv4() == target.is_ipv4())
+                    || (l.ip().is_loopback() && target.ip().is_loopback() && l.is_ipv4() == target.is_ipv4()))
+        });
+        if own {
+            self.metrics.inbound_refused.with_label_values(&["loop"]).inc();
+            tracing::debug!(%target, "inbound target is one of the proxy's own listeners; refused");
+        }
+        own
     }
 
     async fn opaque<I>(&self, mut io: I, local: SocketAddr)
@@ -283,5 +337,13 @@ impl Handler {
             return clients.to_h1(self.local, req).await;
         }
         clients.to_h2(self.local, req).await
+    }
+}
+
+/// An IPv4 address that reached an IPv6 socket as `::ffff:a.b.c.d`, as the IPv4 address it is.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }

@@ -102,17 +102,39 @@ impl Handler {
         Ok(rsp)
     }
 
-    /// To one endpoint of a meshed service; also returns the identity the endpoint proved, when
-    /// the hop is mesh TLS.
+    /// Through the service's resilience stack to one of its endpoints; also returns the identity
+    /// the endpoint proved when the hop is mesh TLS.
     async fn to_service(
         &self,
-        req: Request,
-        p: &ServiceProfile,
+        mut req: Request,
+        p: &Arc<ServiceProfile>,
         authority: &str,
     ) -> (Result<Upstream, ProxyError>, Option<Arc<str>>) {
-        let Some(ep) = p.pick() else { return (Err(ProxyError::NoEndpoints), None) };
-        let peer = (ep.proxy.is_some() && self.ob.clients.uses_tls(ep.identity.as_ref())).then(|| ep.identity.clone()).flatten();
-        (self.to_endpoint(req, ep, authority).await, peer)
+        let logical = self.ob.logicals.get(p, &self.ob.metrics);
+        if headers::is_upgrade(req.headers()) {
+            // An upgrade becomes a byte stream: balanced, but never retried or timed out.
+            let pick = match logical.balancer.pick(false, None) {
+                Ok(p) => p,
+                Err(e) => return (Err(e), None),
+            };
+            let r = self.to_endpoint(req, &pick.state.endpoint, authority).await;
+            return (r, None);
+        }
+        // Rewritten once for every attempt: the HTTP/2 hop to the peer proxy.
+        if req.version() != Version::HTTP_2 {
+            req.headers_mut().insert(headers::ORIG_PROTO, headers::ORIG_PROTO_HTTP1);
+        }
+        headers::strip_hop_by_hop(req.headers_mut());
+        let host = req.headers_mut().remove(header::HOST);
+        match absolute(req.uri(), host.as_ref(), authority) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => return (Err(e), None),
+        }
+        let sent = logical
+            .call(req, &self.ob.metrics, |req, ep| async move { self.to_endpoint(req, &ep.endpoint, authority).await })
+            .await;
+        let peer = sent.peer.filter(|id| self.ob.clients.uses_tls(Some(id)));
+        (sent.result, peer)
     }
 
     async fn to_endpoint(&self, mut req: Request, ep: &crate::discover::Endpoint, authority: &str) -> Result<Upstream, ProxyError> {
@@ -125,16 +147,18 @@ impl Handler {
                 let io = self.ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await?;
                 upgrade::send(io, req).await
             }
-            Some(proxy) => {
-                if req.version() != Version::HTTP_2 {
-                    req.headers_mut().insert(headers::ORIG_PROTO, headers::ORIG_PROTO_HTTP1);
+            Some(proxy) => self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await,
+            None => {
+                // Not meshed: the request goes out as the client sent it.
+                if req.headers_mut().remove(headers::ORIG_PROTO).is_some() {
+                    *req.version_mut() = Version::HTTP_11;
+                    let host = req.uri().authority().map(|a| a.as_str().to_string());
+                    if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+                        req.headers_mut().insert(header::HOST, h);
+                    }
                 }
-                headers::strip_hop_by_hop(req.headers_mut());
-                let host = req.headers_mut().remove(header::HOST);
-                *req.uri_mut() = absolute(req.uri(), host.as_ref(), authority)?;
-                self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await
+                self.direct(req, ep.addr, authority).await
             }
-            None => self.direct(req, ep.addr, authority).await,
         }
     }
 

@@ -4,6 +4,7 @@
 //! destination.
 
 mod http;
+pub mod policy;
 mod tcp;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -26,6 +27,7 @@ pub struct Outbound {
     pub(crate) cfg: Arc<Config>,
     pub(crate) discovery: Discovery,
     pub(crate) clients: Clients,
+    pub(crate) logicals: policy::Logicals,
     pub(crate) metrics: Metrics,
     pub(crate) drain: Drain,
 }
@@ -52,7 +54,7 @@ impl Outbound {
         tls: Option<Arc<crate::tls::Tls>>,
     ) -> Arc<Self> {
         let clients = Clients::new(cfg.connect_timeout, tls, metrics.clone());
-        Arc::new(Outbound { cfg, discovery, clients, metrics, drain })
+        Arc::new(Outbound { cfg, discovery, clients, metrics, drain, logicals: policy::Logicals::default() })
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {

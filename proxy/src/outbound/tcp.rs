@@ -22,16 +22,22 @@ pub(super) async fn forward<I: Io>(
 ) {
     let plain = |r: Result<tokio::net::TcpStream, ProxyError>| r.map(|s| Box::new(s) as BoxedIo);
     let server = match (profile, target) {
-        (Some(p), _) => match p.pick() {
-            Some(ep) => match ep.proxy {
-                Some(proxy) => {
-                    let header = Header { port: ep.addr.port(), protocol: Protocol::Opaque };
-                    ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await
+        (Some(p), _) => {
+            let logical = ob.logicals.get(&p, &ob.metrics);
+            match logical.balancer.pick(false, None) {
+                Ok(pick) => {
+                    let ep = &pick.state.endpoint;
+                    match ep.proxy {
+                        Some(proxy) => {
+                            let header = Header { port: ep.addr.port(), protocol: Protocol::Opaque };
+                            ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await
+                        }
+                        None => plain(ob.clients.connect(ep.addr).await),
+                    }
                 }
-                None => plain(ob.clients.connect(ep.addr).await),
-            },
-            None => Err(ProxyError::NoEndpoints),
-        },
+                Err(e) => Err(e),
+            }
+        }
         (None, Target::OrigDst(dst)) => {
             ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
             plain(ob.clients.connect(*dst).await)

@@ -17,6 +17,15 @@ pub fn orig_dst(sock: &tokio::net::TcpStream) -> Option<SocketAddr> {
         SocketAddr::V4(_) => v4(sock.as_raw_fd()),
         SocketAddr::V6(_) => v6(sock.as_raw_fd()).or_else(|| v4(sock.as_raw_fd())),
     }?;
+    // Conntrack answers for connections it did not rewrite too: with the address they were sent to,
+    // which is then the listener's own (compared as IPv4 when it arrived on a dual-stack socket).
+    let local = match local {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
+            None => local,
+        },
+        v4 => v4,
+    };
     (dst != local).then_some(dst)
 }
 

@@ -33,13 +33,14 @@ struct SeenAuthority(String);
 
 pub struct EchoService {
     served_by: MetadataValue<Ascii>,
+    name: String,
 }
 
 impl EchoService {
     pub fn new(name: &str) -> EchoService {
         let served_by =
             MetadataValue::try_from(name).unwrap_or(MetadataValue::from_static("invalid-name"));
-        EchoService { served_by }
+        EchoService { served_by, name: name.to_owned() }
     }
 
     fn reply<T>(&self, message: T) -> tonic::Response<T> {
@@ -68,7 +69,14 @@ impl Echo for EchoService {
         request: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<EchoReply>, Status> {
         let seen_authority = seen_authority(&request);
-        let message = request.into_inner().message;
+        let mut message = request.into_inner().message;
+        // `fail-if:<name>:<code>`: only the server of that name fails (one bad endpoint of several).
+        if let Some(rest) = message.strip_prefix("fail-if:") {
+            match rest.split_once(':') {
+                Some((name, code)) if name == self.name => message = format!("fail:{code}"),
+                _ => message = "ok".to_owned(),
+            }
+        }
         if let Some(code) = message.strip_prefix("fail:") {
             let code = code
                 .trim()

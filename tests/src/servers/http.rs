@@ -13,15 +13,15 @@
 //! | `GET /headers` | the request headers as a JSON object (repeated headers joined by `, `) |
 //! | `GET /count` | how many requests this process served, not counting `/count` and `/cancelled` |
 //! | `GET /cancelled` | how many of them the client abandoned before the response's end |
+//! | `POST /fault?status=N&delay_ms=D&hang=1&reset=1` | from now on every other request is delayed D ms, then hangs forever, or has its connection reset, or is answered with status N; `POST /fault` alone clears the fault |
 //!
 //! Every response carries `x-served-by: NAME`, `x-seen-host` (the `Host` header, else the URI's
 //! authority as HTTP/2 `:authority`), `x-seen-client-id` (the `strait-client-id` header, or empty) and
 //! `x-seen-version` (`HTTP/1.1` or `HTTP/2.0`).
 
-use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,6 +47,16 @@ struct State {
     name: String,
     served: AtomicU64,
     cancelled: Arc<AtomicU64>,
+    fault: Fault,
+}
+
+/// Faults switched on at run time through `POST /fault`, applied to every other request.
+#[derive(Default)]
+struct Fault {
+    status: AtomicU32,
+    delay_ms: AtomicU64,
+    hang: AtomicBool,
+    reset: AtomicBool,
 }
 
 /// Serves the HTTP test application on `listener` until dropped.
@@ -56,6 +66,7 @@ pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
         name: name.to_owned(),
         served: AtomicU64::new(0),
         cancelled: Arc::new(AtomicU64::new(0)),
+        fault: Fault::default(),
     });
     accept_loop(listener, move |stream| {
         let state = state.clone();
@@ -72,9 +83,10 @@ pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
 async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
-) -> Result<Response<Tracked>, Infallible> {
-    let introspection =
-        request.method() == Method::GET && matches!(request.uri().path(), "/count" | "/cancelled");
+) -> Result<Response<Tracked>, BoxError> {
+    let introspection = (request.method() == Method::GET
+        && matches!(request.uri().path(), "/count" | "/cancelled"))
+        || (request.method() == Method::POST && request.uri().path() == "/fault");
     if !introspection {
         state.served.fetch_add(1, Ordering::Relaxed);
     }
@@ -84,6 +96,13 @@ async fn handle(
         completion.finish();
     }
     let seen = seen_headers(&state, &request);
+    if !introspection {
+        if let Some(response) = apply_fault(&state.fault).await? {
+            let mut response = response;
+            response.headers_mut().extend(seen);
+            return Ok(response.map(|body| Tracked::new(body, completion)));
+        }
+    }
     let mut response = route(&state, request).await;
     response.headers_mut().extend(seen);
     Ok(response.map(|body| Tracked::new(body, completion)))
@@ -118,6 +137,7 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Boxed> {
     match (&method, path.as_str()) {
         (&Method::GET, "/count") => text(state.served.load(Ordering::Relaxed).to_string()),
         (&Method::GET, "/cancelled") => text(state.cancelled.load(Ordering::Relaxed).to_string()),
+        (&Method::POST, "/fault") => set_fault(&state.fault, &request),
         (&Method::POST, "/echo") => echo(request),
         (&Method::POST, "/upload") => upload(request).await,
         (&Method::GET, "/chunked") => chunked(&request),
@@ -143,6 +163,33 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Boxed> {
                 .unwrap_or("/");
             text(format!("{} {} {}", state.name, method, target))
         }
+    }
+}
+
+fn set_fault(f: &Fault, request: &Request<Incoming>) -> Response<Boxed> {
+    f.status.store(query_u64(request, "status").unwrap_or(0) as u32, Ordering::Relaxed);
+    f.delay_ms.store(query_u64(request, "delay_ms").unwrap_or(0), Ordering::Relaxed);
+    f.hang.store(query_u64(request, "hang") == Some(1), Ordering::Relaxed);
+    f.reset.store(query_u64(request, "reset") == Some(1), Ordering::Relaxed);
+    text("fault set")
+}
+
+/// The configured fault for one request: `Ok(Some)` to answer with, `Err` to reset the
+/// connection, `Ok(None)` to serve normally.
+async fn apply_fault(f: &Fault) -> Result<Option<Response<Boxed>>, BoxError> {
+    let delay = f.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if f.hang.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+    if f.reset.load(Ordering::Relaxed) {
+        return Err("fault: reset".into());
+    }
+    match f.status.load(Ordering::Relaxed) {
+        0 => Ok(None),
+        code => Ok(Some(status(&code.to_string()))),
     }
 }
 

@@ -1,0 +1,257 @@
+//! Load balancing over a service's endpoints: power of two choices (P2C) by peak-EWMA cost
+//! (latency × outstanding requests), or round robin, among the endpoints the circuit breakers
+//! admit.
+//!
+//! Written here rather than taken from `tower::balance`: tower's `p2c::Balance` needs `&mut self`,
+//! so sharing one per service across all client connections needs `tower::buffer` — a worker task,
+//! a queue every request waits in, and requests parked in that queue when no endpoint is ready.
+//! This balancer keeps each endpoint's load in atomics shared by every connection, picks without
+//! locks or allocation, fails fast when nothing is available, and can avoid the endpoint that just
+//! failed when a request is retried. The cost function is the same as tower's `PeakEwma`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::breaker::{Admit, Breaker, Ejections};
+use crate::{discover::Endpoint, http::ProxyError};
+
+/// Latency assumed for an endpoint before its first response: optimistic enough that new
+/// endpoints get traffic, pessimistic enough not to flood them.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// Decay of the moving average (tower's default): a slow spike is forgotten in tens of seconds.
+const DECAY: Duration = Duration::from_secs(10);
+/// How many random pairs to draw before scanning for any available endpoint.
+const SAMPLES: usize = 4;
+
+pub struct EndpointState {
+    pub endpoint: Endpoint,
+    pub label: Arc<str>,
+    pub breaker: Breaker,
+    outstanding: AtomicU32,
+    /// Peak-EWMA latency in nanoseconds (f64 bits).
+    rtt: AtomicU64,
+    /// Nanoseconds since the balancer's epoch at the last update.
+    stamp: AtomicU64,
+}
+
+impl EndpointState {
+    fn cost(&self, now_ns: u64) -> f64 {
+        let rtt = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+        let elapsed = now_ns.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+        // Decay towards zero while idle so a once-slow endpoint is tried again eventually.
+        let decayed = rtt * (-elapsed / DECAY.as_nanos() as f64).exp();
+        let pending = self.outstanding.load(Ordering::Relaxed) as f64;
+        decayed.max(1.0) * (pending + 1.0)
+    }
+
+    fn observe(&self, rtt: Duration, now_ns: u64) {
+        let sample = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+        let elapsed = now_ns.saturating_sub(self.stamp.swap(now_ns, Ordering::Relaxed)) as f64;
+        let next = if sample > prev {
+            sample // peak: jump up at once
+        } else {
+            let w = (-elapsed / DECAY.as_nanos() as f64).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        self.rtt.store(next.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// An endpoint chosen for one attempt; counts as outstanding until dropped.
+pub struct Pick {
+    pub state: Arc<EndpointState>,
+    epoch: Instant,
+    started: Instant,
+}
+
+impl Pick {
+    /// Records the response latency into the endpoint's moving average.
+    pub fn observe(&self) {
+        let now = Instant::now();
+        self.state.observe(now - self.started, (now - self.epoch).as_nanos() as u64);
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Balancer {
+    endpoints: RwLock<Arc<[Arc<EndpointState>]>>,
+    pub ejections: Ejections,
+    epoch: Instant,
+    next: AtomicUsize,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer {
+            endpoints: RwLock::new(Arc::from(Vec::new())),
+            ejections: Ejections::default(),
+            epoch: Instant::now(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Balancer {
+    pub fn snapshot(&self) -> Arc<[Arc<EndpointState>]> {
+        self.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a new endpoint set, keeping the load and breaker state of endpoints that stay.
+    /// Returns the endpoints that left (for their metrics to be cleared).
+    pub fn update(&self, eps: &[Endpoint]) -> Vec<Arc<EndpointState>> {
+        let old = self.snapshot();
+        let mut next = Vec::with_capacity(eps.len());
+        for e in eps {
+            match old.iter().find(|s| s.endpoint == *e) {
+                Some(s) => next.push(s.clone()),
+                None => next.push(Arc::new(EndpointState {
+                    label: Arc::from(e.addr.to_string()),
+                    endpoint: e.clone(),
+                    breaker: Breaker::default(),
+                    outstanding: AtomicU32::new(0),
+                    rtt: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+                    stamp: AtomicU64::new((Instant::now() - self.epoch).as_nanos() as u64),
+                })),
+            }
+        }
+        let gone: Vec<_> = old.iter().filter(|s| !eps.contains(&s.endpoint)).cloned().collect();
+        for s in &gone {
+            s.breaker.release(&self.ejections);
+        }
+        *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(next);
+        gone
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// Chooses an endpoint for one attempt, avoiding `avoid` when there is another choice.
+    pub fn pick(&self, round_robin: bool, avoid: Option<SocketAddr>) -> Result<Pick, ProxyError> {
+        let eps = self.snapshot();
+        if eps.is_empty() {
+            return Err(ProxyError::NoEndpoints);
+        }
+        let now = Instant::now();
+        let now_ns = (now - self.epoch).as_nanos() as u64;
+        let usable = |s: &EndpointState| {
+            s.breaker.admit(now, false) != Admit::No && (eps.len() == 1 || Some(s.endpoint.addr) != avoid)
+        };
+        let chosen = if round_robin {
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            (0..eps.len()).map(|i| &eps[(start + i) % eps.len()]).find(|s| usable(s))
+        } else {
+            self.p2c(&eps, now_ns, &usable)
+        };
+        // Nothing usable while avoiding the failed endpoint: allow it after all.
+        let chosen = match (chosen, avoid) {
+            (Some(s), _) => Some(s),
+            (None, Some(_)) => eps.iter().find(|s| s.breaker.admit(now, false) != Admit::No),
+            (None, None) => None,
+        };
+        let Some(s) = chosen else {
+            return Err(ProxyError::CircuitOpen);
+        };
+        if s.breaker.admit(now, true) == Admit::No {
+            // Another request took the half-open probe between the check and now.
+            return Err(ProxyError::CircuitOpen);
+        }
+        s.outstanding.fetch_add(1, Ordering::Relaxed);
+        Ok(Pick { state: s.clone(), epoch: self.epoch, started: now })
+    }
+
+    fn p2c<'a>(
+        &self,
+        eps: &'a [Arc<EndpointState>],
+        now_ns: u64,
+        usable: &impl Fn(&EndpointState) -> bool,
+    ) -> Option<&'a Arc<EndpointState>> {
+        let n = eps.len();
+        if n == 1 {
+            return usable(&eps[0]).then_some(&eps[0]);
+        }
+        for _ in 0..SAMPLES {
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ea, eb) = (&eps[a], &eps[b]);
+            match (usable(ea), usable(eb)) {
+                (true, true) => return Some(if ea.cost(now_ns) <= eb.cost(now_ns) { ea } else { eb }),
+                (true, false) => return Some(ea),
+                (false, true) => return Some(eb),
+                (false, false) => continue,
+            }
+        }
+        eps.iter().filter(|s| usable(s)).min_by(|a, b| a.cost(now_ns).total_cmp(&b.cost(now_ns)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint { addr: ([127, 0, 0, 1], port).into(), proxy: None, identity: None, weight: 1 }
+    }
+
+    #[test]
+    fn prefers_the_faster_endpoint() {
+        let b = Balancer::default();
+        b.update(&[ep(1), ep(2)]);
+        let eps = b.snapshot();
+        let now = (Instant::now() - b.epoch).as_nanos() as u64;
+        eps[0].observe(Duration::from_secs(2), now);
+        eps[1].observe(Duration::from_millis(1), now);
+        let mut slow = 0;
+        for _ in 0..1000 {
+            if b.pick(false, None).unwrap().state.endpoint.addr.port() == 1 {
+                slow += 1;
+            }
+        }
+        assert_eq!(slow, 0);
+    }
+
+    #[test]
+    fn keeps_state_across_updates_and_avoids_the_failed_one() {
+        let b = Balancer::default();
+        b.update(&[ep(1), ep(2)]);
+        let first = b.snapshot()[0].clone();
+        b.update(&[ep(1), ep(3)]);
+        assert!(Arc::ptr_eq(&first, &b.snapshot()[0]));
+        for _ in 0..100 {
+            let p = b.pick(false, Some(ep(1).addr)).unwrap();
+            assert_eq!(p.state.endpoint.addr.port(), 3);
+        }
+        let p = b.pick(false, None).unwrap();
+        assert_eq!(p.state.outstanding.load(Ordering::Relaxed), 1);
+        drop(p);
+    }
+
+    #[test]
+    fn round_robin_visits_each_in_turn() {
+        let b = Balancer::default();
+        b.update(&[ep(1), ep(2), ep(3)]);
+        let ports: Vec<u16> = (0..6).map(|_| b.pick(true, None).unwrap().state.endpoint.addr.port()).collect();
+        assert_eq!(ports, vec![1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn empty_service_has_no_endpoints() {
+        let b = Balancer::default();
+        assert!(matches!(b.pick(false, None), Err(ProxyError::NoEndpoints)));
+    }
+}
