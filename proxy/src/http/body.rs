@@ -1,5 +1,6 @@
 //! One body type for every request and response the proxy forwards or produces, so nothing is
-//! boxed per request: a streamed hyper body, or a small fixed one (error responses).
+//! boxed per request: a streamed hyper body, a small fixed one (error responses), or a body kept
+//! for retries.
 
 use std::{
     pin::Pin,
@@ -14,6 +15,7 @@ pin_project_lite::pin_project! {
     pub enum Body {
         Incoming { #[pin] body: hyper::body::Incoming },
         Fixed { data: Option<Bytes> },
+        Replay { cursor: super::replay::Cursor },
     }
 }
 
@@ -45,6 +47,7 @@ impl http_body::Body for Body {
         match self.project() {
             BodyProj::Incoming { body } => body.poll_frame(cx),
             BodyProj::Fixed { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Replay { cursor } => cursor.poll_frame(cx),
         }
     }
 
@@ -52,6 +55,7 @@ impl http_body::Body for Body {
         match self {
             Body::Incoming { body } => body.is_end_stream(),
             Body::Fixed { data } => data.is_none(),
+            Body::Replay { cursor } => cursor.is_end_stream(),
         }
     }
 
@@ -59,6 +63,7 @@ impl http_body::Body for Body {
         match self {
             Body::Incoming { body } => body.size_hint(),
             Body::Fixed { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Body::Replay { .. } => SizeHint::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod errors;
 pub mod headers;
 pub mod metrics;
+pub mod replay;
 pub mod server;
 pub mod upgrade;
 

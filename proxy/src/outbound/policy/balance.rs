@@ -155,16 +155,19 @@ impl Balancer {
         } else {
             self.p2c(&eps, now_ns, &usable)
         };
-        // Nothing usable while avoiding the failed endpoint: allow it after all.
-        let chosen = match (chosen, avoid) {
-            (Some(s), _) => Some(s),
-            (None, Some(_)) => eps.iter().find(|s| s.breaker.admit(now, false) != Admit::No),
-            (None, None) => None,
-        };
+        // Nothing usable while avoiding the failed endpoint: allow it after all. Nothing usable
+        // because every endpoint is backing off from refused connections: try one anyway, so the
+        // caller gets the real error (and a recovered endpoint is found) rather than a guess.
+        let chosen = chosen
+            .or_else(|| avoid.and_then(|_| eps.iter().find(|s| s.breaker.admit(now, false) != Admit::No)))
+            .or_else(|| {
+                let open: Vec<_> = eps.iter().filter(|s| !s.breaker.is_ejected()).collect();
+                (!open.is_empty()).then(|| open[fastrand::usize(..open.len())])
+            });
         let Some(s) = chosen else {
             return Err(ProxyError::CircuitOpen);
         };
-        if s.breaker.admit(now, true) == Admit::No {
+        if s.breaker.is_ejected() && s.breaker.admit(now, true) == Admit::No {
             // Another request took the half-open probe between the check and now.
             return Err(ProxyError::CircuitOpen);
         }

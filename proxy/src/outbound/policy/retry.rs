@@ -2,18 +2,17 @@
 //! it can be sent again. The budget (a share of requests plus a minimum per second, so retries
 //! never amplify an outage) is tower's `TpsBudget`.
 //!
-//! A request is retried only when its body was small enough to keep (≤ 64 KiB, DESIGN §5), and a
+//! A request is retried only while its body is small enough to keep (≤ 64 KiB, DESIGN §5; see
+//! `http::replay`), and a
 //! non-idempotent request only when the failure happened before it reached the server (a refused
-//! connection, here or between the peer proxy and its application).
+//! connection, here or between the peer proxy and its application), or when the service lists the
+//! gRPC status it answered as retryable.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, request::Parts};
-use http_body::Body as _;
-use http_body_util::BodyExt;
 
-use super::config::{MAX_REPLAY_BODY, Retry};
+use super::config::Retry;
 use crate::http::{Body, ProxyError, Request, client::Upstream, errors::STRAIT_ERROR};
 
 /// Pause before retry n (1-based): 25 ms doubling, capped at 250 ms, with full jitter, so retries
@@ -46,6 +45,14 @@ pub fn reason(policy: &Retry, result: &Result<Upstream, ProxyError>, idempotent:
     if never_reached_server(result) {
         return policy.on_connect_failure.then_some("connect-failure");
     }
+    // gRPC calls are all POSTs: the statuses the service lists (`retry.strait.io/grpc`) are its
+    // statement that those calls may be sent again.
+    if let Ok(rsp) = result {
+        let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        if grpc.is_some_and(|g: u32| policy.on_grpc.contains(&g)) {
+            return Some("grpc");
+        }
+    }
     if !idempotent {
         return None;
     }
@@ -64,33 +71,14 @@ pub fn reason(policy: &Retry, result: &Result<Upstream, ProxyError>, idempotent:
             if policy.on_status.contains(&s.as_u16()) {
                 return Some("status");
             }
-            let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-            if grpc.is_some_and(|g: u32| policy.on_grpc.contains(&g)) {
-                return Some("grpc");
-            }
             None
         }
     }
 }
 
-/// Keeps the body when it is small enough to send again; otherwise gives it back to stream once.
-pub async fn keep_body(body: Body) -> Result<Result<Bytes, Body>, ProxyError> {
-    if body.is_end_stream() {
-        return Ok(Ok(Bytes::new()));
-    }
-    match body.size_hint().upper() {
-        Some(n) if n <= MAX_REPLAY_BODY => {}
-        _ => return Ok(Err(body)),
-    }
-    match body.collect().await {
-        Ok(c) => Ok(Ok(c.to_bytes())),
-        Err(e) => Err(ProxyError::Upstream(Box::new(e))),
-    }
-}
-
 /// A copy of the request for another attempt. Extensions are not copied: upgrades never retry.
-pub fn rebuild(parts: &Parts, body: Bytes) -> Request {
-    let mut req = http::Request::new(Body::from_bytes(body));
+pub fn rebuild(parts: &Parts, body: Body) -> Request {
+    let mut req = http::Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
@@ -120,13 +108,5 @@ mod tests {
             assert!(backoff(n) <= BACKOFF_MAX);
         }
         assert!(idempotent(&Method::GET) && !idempotent(&Method::POST));
-    }
-
-    #[tokio::test]
-    async fn keeps_small_bodies_only() {
-        let small = Body::from_bytes(Bytes::from_static(b"hello"));
-        assert!(matches!(keep_body(small).await, Ok(Ok(b)) if b == Bytes::from_static(b"hello")));
-        let big = Body::from_bytes(Bytes::from(vec![0u8; 70_000]));
-        assert!(keep_body(big).await.unwrap().is_err());
     }
 }

@@ -15,12 +15,12 @@ use super::{
     balance::{Balancer, EndpointState},
     breaker::{Outcome, Transition},
     bulkhead::Bulkhead,
-    config::Policy,
+    config::{MAX_REPLAY_BODY, Policy},
     retry,
 };
 use crate::{
     discover::ServiceProfile,
-    http::{ProxyError, Request, client::Upstream},
+    http::{ProxyError, Request, client::Upstream, replay::Replay},
     metrics::Metrics,
 };
 
@@ -160,23 +160,23 @@ impl Logical {
         }
         budget.deposit();
         let (parts, body) = req.into_parts();
-        let body = match retry::keep_body(body).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(streaming)) => {
-                // Too large (or unknown length) to keep: one attempt, streamed.
-                return self.attempt(http::Request::from_parts(parts, streaming), policy, None, metrics, send).await.0;
-            }
-            Err(e) => return Sent { result: Err(e), peer: None },
-        };
+        let replay = Replay::new(body, MAX_REPLAY_BODY);
         let idempotent = retry::idempotent(&parts.method);
         let mut avoid = None;
         let mut n = 0;
+        let mut body = replay.attempt();
         loop {
-            let (sent, addr) = self.attempt(retry::rebuild(&parts, body.clone()), policy, avoid, metrics, send).await;
+            let Some(b) = body.take() else {
+                return Sent { result: Err(ProxyError::BadRequest("request body")), peer: None };
+            };
+            let (sent, addr) = self.attempt(retry::rebuild(&parts, b), policy, avoid, metrics, send).await;
             let Some(reason) = retry::reason(rp, &sent.result, idempotent) else { return sent };
             if n >= rp.limit {
                 return sent;
             }
+            // The body outgrew what is kept for replay: this attempt's answer stands.
+            let Some(next) = replay.attempt() else { return sent };
+            body = Some(next);
             if !budget.withdraw() {
                 metrics.retry_budget_exhausted.with_label_values(&[&self.name]).inc();
                 return sent;
