@@ -13,11 +13,12 @@
 //! | `GET /headers` | the request headers as a JSON object (repeated headers joined by `, `) |
 //! | `GET /count` | how many requests this process served, not counting `/count` and `/cancelled` |
 //! | `GET /cancelled` | how many of them the client abandoned before the response's end |
-//! | `POST /fault?status=N&delay_ms=D&hang=1&reset=1` | from now on every other request is delayed D ms, then hangs forever, or has its connection reset, or is answered with status N; `POST /fault` alone clears the fault |
+//! | `POST /fault?status=N&percent=P&delay_ms=D&hang=1&reset=1` | from now on every other request is delayed D ms, then hangs forever, or has its connection reset, or is answered with status N (P % of requests, default all); `POST /fault` alone clears the fault |
 //!
 //! Every response carries `x-served-by: NAME`, `x-seen-host` (the `Host` header, else the URI's
-//! authority as HTTP/2 `:authority`), `x-seen-client-id` (the `strait-client-id` header, or empty) and
-//! `x-seen-version` (`HTTP/1.1` or `HTTP/2.0`).
+//! authority as HTTP/2 `:authority`), `x-seen-client-id` (the `strait-client-id` header, or empty),
+//! `x-seen-version` (`HTTP/1.1` or `HTTP/2.0`) and `x-seen-peer` (the TCP peer address of the
+//! connection the request came on: under interception, the local proxy).
 
 use std::io;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ struct State {
 #[derive(Default)]
 struct Fault {
     status: AtomicU32,
+    percent: AtomicU32,
     delay_ms: AtomicU64,
     hang: AtomicBool,
     reset: AtomicBool,
@@ -70,8 +72,13 @@ pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
     });
     accept_loop(listener, move |stream| {
         let state = state.clone();
+        let peer = stream
+            .peer_addr()
+            .ok()
+            .and_then(|a| HeaderValue::from_str(&a.to_string()).ok())
+            .unwrap_or(HeaderValue::from_static(""));
         async move {
-            let service = service_fn(move |request| handle(state.clone(), request));
+            let service = service_fn(move |request| handle(state.clone(), peer.clone(), request));
             auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
@@ -82,6 +89,7 @@ pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
 
 async fn handle(
     state: Arc<State>,
+    peer: HeaderValue,
     request: Request<Incoming>,
 ) -> Result<Response<Tracked>, BoxError> {
     let introspection = (request.method() == Method::GET
@@ -95,7 +103,8 @@ async fn handle(
     if introspection {
         completion.finish();
     }
-    let seen = seen_headers(&state, &request);
+    let mut seen = seen_headers(&state, &request);
+    seen.insert("x-seen-peer", peer);
     if !introspection {
         if let Some(response) = apply_fault(&state.fault).await? {
             let mut response = response;
@@ -168,6 +177,7 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Boxed> {
 
 fn set_fault(f: &Fault, request: &Request<Incoming>) -> Response<Boxed> {
     f.status.store(query_u64(request, "status").unwrap_or(0) as u32, Ordering::Relaxed);
+    f.percent.store(query_u64(request, "percent").unwrap_or(100).min(100) as u32, Ordering::Relaxed);
     f.delay_ms.store(query_u64(request, "delay_ms").unwrap_or(0), Ordering::Relaxed);
     f.hang.store(query_u64(request, "hang") == Some(1), Ordering::Relaxed);
     f.reset.store(query_u64(request, "reset") == Some(1), Ordering::Relaxed);
@@ -189,7 +199,8 @@ async fn apply_fault(f: &Fault) -> Result<Option<Response<Boxed>>, BoxError> {
     }
     match f.status.load(Ordering::Relaxed) {
         0 => Ok(None),
-        code => Ok(Some(status(&code.to_string()))),
+        code if fastrand::u32(0..100) < f.percent.load(Ordering::Relaxed) => Ok(Some(status(&code.to_string()))),
+        _ => Ok(None),
     }
 }
 
