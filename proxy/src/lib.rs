@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod detect;
 pub mod discover;
+pub mod dns;
 pub mod drain;
 pub mod http;
 pub mod identity;

@@ -47,6 +47,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let drain = Drain::new();
     let ready = Arc::new(AtomicBool::new(false));
     let mut discovery = Discovery::new();
+    let dns = crate::dns::Dns::from_system();
 
     let bind = |what: &'static str, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { what, addr, source })
@@ -70,7 +71,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 workload: cfg.workload.clone(),
                 service_account: cfg.service_account.clone(),
             };
-            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone());
+            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone(), dns.clone());
             discovery = d;
             tokio::spawn(task);
         }
@@ -89,6 +90,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 token_file: cfg.identity_token_file.clone(),
                 store,
                 metrics: metrics.clone(),
+                dns: dns.clone(),
             };
             tokio::spawn(certifier.run());
             tokio::spawn(watch_anchors(tls.clone()));
@@ -97,7 +99,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         _ => None,
     };
 
-    let outbound = Outbound::new(cfg.clone(), discovery.clone(), metrics.clone(), drain.clone(), tls.clone());
+    let outbound = Outbound::new(cfg.clone(), discovery.clone(), metrics.clone(), drain.clone(), tls.clone(), dns);
     let inbound = Inbound::new(cfg.clone(), metrics.clone(), drain.clone(), tls.clone());
     let ob_tasks: Vec<_> = outbound_ls.into_iter().map(|l| tokio::spawn(outbound.clone().serve(l))).collect();
     let ib_tasks: Vec<_> = inbound_ls.into_iter().map(|l| tokio::spawn(inbound.clone().serve(l))).collect();

@@ -61,8 +61,9 @@ impl Discovery {
         addr: String,
         who: remote::Identity,
         metrics: crate::metrics::Metrics,
+        dns: crate::dns::Dns,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (client, task) = remote::Client::new(addr, who, metrics);
+        let (client, task) = remote::Client::new(addr, who, metrics, dns);
         (Discovery { table: Arc::default(), remote: Some(client) }, task)
     }
 

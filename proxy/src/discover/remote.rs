@@ -16,7 +16,7 @@ use strait_proto::discovery::v1::{self as pb, discovery_client::DiscoveryClient,
 use tokio::sync::{mpsc, watch};
 
 use super::ServiceProfile;
-use crate::metrics::Metrics;
+use crate::{dns::Dns, metrics::Metrics};
 
 /// How long a request waits for the controller's first answer about a new authority before it is
 /// treated as outside the mesh. Local controller answers take milliseconds; this only bounds the
@@ -64,7 +64,7 @@ pub struct Identity {
 
 impl Client {
     /// The client and the task that runs its stream (spawn it).
-    pub fn new(addr: String, who: Identity, metrics: Metrics) -> (Arc<Self>, impl Future<Output = ()>) {
+    pub fn new(addr: String, who: Identity, metrics: Metrics, dns: Dns) -> (Arc<Self>, impl Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(COMMANDS);
         let (inbound, _) = watch::channel(Arc::new(pb::InboundPolicy::default()));
         let client = Arc::new(Client {
@@ -74,7 +74,7 @@ impl Client {
             first_answer_timeout: DEFAULT_FIRST_ANSWER_TIMEOUT,
             inbound,
         });
-        let task = run(client.clone(), addr, who, metrics, rx);
+        let task = run(client.clone(), addr, who, metrics, dns, rx);
         (client, task)
     }
 
@@ -165,11 +165,18 @@ fn req(r: watch_request::Request) -> pb::WatchRequest {
     pb::WatchRequest { request: Some(r) }
 }
 
-async fn run(client: Arc<Client>, addr: String, who: Identity, metrics: Metrics, mut commands: mpsc::Receiver<Command>) {
+async fn run(
+    client: Arc<Client>,
+    addr: String,
+    who: Identity,
+    metrics: Metrics,
+    dns: Dns,
+    mut commands: mpsc::Receiver<Command>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = Instant::now();
-        match session(&client, &addr, &who, &metrics, &mut commands).await {
+        match session(&client, &addr, &who, &metrics, &dns, &mut commands).await {
             Ok(()) => tracing::info!(%addr, "discovery stream closed by the controller"),
             Err(e) => tracing::warn!(%addr, error = %e, "discovery stream failed; serving the last good answers"),
         }
@@ -190,8 +197,8 @@ enum SessionError {
     Connect(#[from] tonic::transport::Error),
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
-    #[error("controller address {0:?} is not valid")]
-    Address(String),
+    #[error("controller address: {0}")]
+    Address(std::io::Error),
 }
 
 async fn session(
@@ -199,13 +206,12 @@ async fn session(
     addr: &str,
     who: &Identity,
     metrics: &Metrics,
+    dns: &Dns,
     commands: &mut mpsc::Receiver<Command>,
 ) -> Result<(), SessionError> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|_| SessionError::Address(addr.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
+    let endpoint = crate::dns::grpc_endpoint(dns, addr, Duration::from_secs(2))
+        .await
+        .map_err(SessionError::Address)?
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     let channel = endpoint.connect().await?;

@@ -31,6 +31,7 @@ pub struct Certifier {
     pub token_file: Option<PathBuf>,
     pub store: Arc<Store>,
     pub metrics: Metrics,
+    pub dns: crate::dns::Dns,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +40,8 @@ pub enum CertifyError {
     Token(String, std::io::Error),
     #[error("making the key or CSR: {0}")]
     Key(#[from] rcgen::Error),
-    #[error("controller address {0:?} is not valid")]
-    Address(String),
+    #[error("controller address: {0}")]
+    Address(std::io::Error),
     #[error("connecting to the identity service: {0}")]
     Connect(#[from] tonic::transport::Error),
     #[error("identity service refused: {0}")]
@@ -89,10 +90,9 @@ impl Certifier {
         params.subject_alt_names =
             vec![rcgen::SanType::URI(rcgen::string::Ia5String::try_from(self.store.spiffe.to_string())?)];
         let csr = params.serialize_request(&key)?;
-        let uri = if self.addr.contains("://") { self.addr.clone() } else { format!("http://{}", self.addr) };
-        let channel = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|_| CertifyError::Address(self.addr.clone()))?
-            .connect_timeout(Duration::from_secs(2))
+        let channel = crate::dns::grpc_endpoint(&self.dns, &self.addr, Duration::from_secs(2))
+            .await
+            .map_err(CertifyError::Address)?
             .timeout(Duration::from_secs(10))
             .connect()
             .await?;

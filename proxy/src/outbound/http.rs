@@ -168,7 +168,7 @@ impl Handler {
         self.ob.metrics.passthrough.with_label_values(&[DIRECTION, "http"]).inc();
         let addr = match &self.target {
             Target::OrigDst(a) => *a,
-            _ => super::tcp::resolve(authority).await.map_err(ProxyError::ConnectFailed)?,
+            _ => self.ob.dns.resolve(authority).await.map_err(ProxyError::ConnectFailed)?,
         };
         if addr == self.ob.cfg.outbound_addr {
             return Err(ProxyError::BadRequest("request loops back to the proxy"));

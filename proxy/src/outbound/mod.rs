@@ -28,6 +28,7 @@ pub struct Outbound {
     pub(crate) discovery: Discovery,
     pub(crate) clients: Clients,
     pub(crate) logicals: policy::Logicals,
+    pub(crate) dns: crate::dns::Dns,
     pub(crate) metrics: Metrics,
     pub(crate) drain: Drain,
 }
@@ -52,9 +53,18 @@ impl Outbound {
         metrics: Metrics,
         drain: Drain,
         tls: Option<Arc<crate::tls::Tls>>,
+        dns: crate::dns::Dns,
     ) -> Arc<Self> {
         let clients = Clients::new(cfg.connect_timeout, tls, metrics.clone());
-        Arc::new(Outbound { cfg, discovery, clients, metrics, drain, logicals: policy::Logicals::default() })
+        Arc::new(Outbound {
+            cfg,
+            discovery,
+            clients,
+            metrics,
+            drain,
+            logicals: policy::Logicals::default(),
+            dns,
+        })
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {

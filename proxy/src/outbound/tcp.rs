@@ -44,7 +44,7 @@ pub(super) async fn forward<I: Io>(
         }
         (None, Target::Tunnel(authority)) => {
             ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
-            match resolve(authority).await {
+            match ob.dns.resolve(authority).await {
                 Ok(addr) => plain(ob.clients.connect(addr).await),
                 Err(e) => Err(ProxyError::ConnectFailed(e)),
             }
@@ -62,19 +62,4 @@ pub(super) async fn forward<I: Io>(
         }
         Err(e) => tracing::debug!(error = %e, ?target, "outbound TCP connect failed"),
     }
-}
-
-/// Resolves a `host:port` outside the mesh through the system resolver.
-pub(super) async fn resolve(authority: &str) -> std::io::Result<std::net::SocketAddr> {
-    let with_port;
-    let a = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-        authority
-    } else {
-        with_port = format!("{authority}:80");
-        &with_port
-    };
-    tokio::net::lookup_host(a)
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{a} has no address")))
 }
