@@ -223,6 +223,9 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
         if let Some(s) = slots.get(key) {
             return s.clone();
         }
+        // Destinations come and go (pods are replaced); forget those whose connection is gone
+        // whenever a new one appears, so the map stays as large as the live set.
+        slots.retain(|_, slot| Arc::strong_count(slot) > 1 || slot.live().is_some());
         let s = Arc::new(Slot::default());
         slots.insert(key.clone(), s.clone());
         s
