@@ -18,5 +18,24 @@ echo "== unit, integration and end-to-end tests (real processes on loopback)"
 cargo test --workspace --no-fail-fast -- --test-threads="${STRAIT_TEST_THREADS:-2}"
 summary+=("loopback tiers: ran")
 
+echo "== network-namespace tier (pods as namespaces, real iptables interception)"
+# Pods are network namespaces on a bridge in a "node" namespace, with the rules of
+# `strait-proxy init` and the proxies as UID 7102 (tests/README.md). Root only; CI must run it.
+if [ "$(id -u)" != 0 ]; then
+  if [ "${CI:-}" = true ]; then
+    echo "[netns] FAILED: CI=true but not root (network namespaces and iptables need root)" >&2
+    exit 2
+  fi
+  summary+=("netns tier: SKIPPED (not root: network namespaces and iptables need root; run make test as root)")
+else
+  rc=0; ./scripts/ensure-tools.sh netns ip=iproute2 iptables=iptables curl=curl setpriv=util-linux || rc=$?
+  case $rc in
+    0) STRAIT_NETNS_TESTS=1 cargo test -p strait-tests --test interception -- --test-threads="${STRAIT_TEST_THREADS:-2}"
+       summary+=("netns tier: ran ($(iptables --version 2>/dev/null || echo iptables))") ;;
+    1) summary+=("netns tier: SKIPPED (ip, iptables or curl missing and cannot be installed)") ;;
+    *) exit "$rc" ;;
+  esac
+fi
+
 echo "== summary ($(( $(date +%s) - start ))s)"
 printf '  %s\n' "${summary[@]}"

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod fixtures;
 pub mod metrics;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod servers;
 

@@ -75,6 +75,21 @@ impl Process {
         env: &[(&str, &str)],
         log_dir: &Path,
     ) -> Process {
+        Process::spawn_with(name, program, args, env, log_dir, |_| {})
+    }
+
+    /// [`Process::spawn`], with `prepare` called on the command first: its `pre_exec` hooks run in
+    /// the child before this module's own (so a hook that changes the user keeps the parent-death
+    /// signal, which the kernel clears on a credential change). The netns tier enters a pod's
+    /// network namespace and drops to the proxy's UID this way.
+    pub fn spawn_with(
+        name: &str,
+        program: impl AsRef<Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Process {
         let program = program.as_ref();
         let log = unique_log_path(log_dir, name);
         let out = OpenOptions::new()
@@ -86,6 +101,7 @@ impl Process {
 
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        prepare(&mut cmd);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("STRAIT_") {
                 cmd.env_remove(key);
