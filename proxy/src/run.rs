@@ -100,7 +100,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
 
     let outbound = Outbound::new(cfg.clone(), discovery.clone(), metrics.clone(), drain.clone(), tls.clone(), dns);
-    let inbound = Inbound::new(cfg.clone(), metrics.clone(), drain.clone(), tls.clone());
+    let inbound = Inbound::new(
+        cfg.clone(),
+        metrics.clone(),
+        drain.clone(),
+        tls.clone(),
+        discovery.remote_client().map(|c| c.inbound_policy()),
+    );
     let ob_tasks: Vec<_> = outbound_ls.into_iter().map(|l| tokio::spawn(outbound.clone().serve(l))).collect();
     let ib_tasks: Vec<_> = inbound_ls.into_iter().map(|l| tokio::spawn(inbound.clone().serve(l))).collect();
     {

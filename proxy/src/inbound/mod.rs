@@ -13,6 +13,9 @@ use http::{StatusCode, Version, header};
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 
+use strait_proto::discovery::v1 as pb;
+use tokio::sync::watch;
+
 use crate::{
     config::{Config, InboundMode},
     tls::{Tls, peer_identity},
@@ -40,6 +43,8 @@ const DIRECTION: &str = "inbound";
 const MESH_SERVER_NAME_INFIX: &str = ".serviceaccount.identity.strait.";
 
 pub struct Inbound {
+    /// The workload's inbound policy from the controller (mode, opaque ports), when there is one.
+    policy: Option<watch::Receiver<Arc<pb::InboundPolicy>>>,
     cfg: Arc<Config>,
     clients: Clients,
     metrics: Metrics,
@@ -48,10 +53,27 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(cfg: Arc<Config>, metrics: Metrics, drain: Drain, tls: Option<Arc<Tls>>) -> Arc<Self> {
+    pub fn new(
+        cfg: Arc<Config>,
+        metrics: Metrics,
+        drain: Drain,
+        tls: Option<Arc<Tls>>,
+        policy: Option<watch::Receiver<Arc<pb::InboundPolicy>>>,
+    ) -> Arc<Self> {
         // Towards the local application only: never mesh TLS.
         let clients = Clients::new(cfg.connect_timeout, None, metrics.clone());
-        Arc::new(Inbound { cfg, clients, metrics, drain, tls })
+        Arc::new(Inbound { policy, cfg, clients, metrics, drain, tls })
+    }
+
+    /// Strict when the environment or the controller's policy for this workload says so.
+    fn strict(&self) -> bool {
+        self.cfg.inbound_mode == InboundMode::Strict
+            || self.policy.as_ref().is_some_and(|p| p.borrow().mode() == pb::inbound_policy::Mode::Strict)
+    }
+
+    fn is_opaque(&self, port: u16) -> bool {
+        self.cfg.inbound_opaque_ports.contains(&port)
+            || self.policy.as_ref().is_some_and(|p| p.borrow().opaque_ports.contains(&(port as u32)))
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -101,7 +123,7 @@ impl Inbound {
                 let Some((stream, peer_id)) = self.handshake(tls, io, peer).await else { return };
                 self.serve_peer(stream, arrived, Some(peer_id), &watch).await
             }
-            (_, false) if self.cfg.inbound_mode == InboundMode::Permissive => {
+            (_, false) if !self.strict() => {
                 self.serve_peer(io, arrived, None, &watch).await
             }
             (_, false) => {
@@ -198,12 +220,12 @@ impl Inbound {
         if self.is_own_listener(local) {
             return;
         }
-        if self.cfg.inbound_mode == InboundMode::Strict {
+        if self.strict() {
             self.metrics.inbound_refused.with_label_values(&["strict-plaintext"]).inc();
             tracing::debug!(%dst, "plaintext to a meshed port refused in strict mode");
             return;
         }
-        if self.cfg.inbound_opaque_ports.contains(&dst.port()) {
+        if self.is_opaque(dst.port()) {
             self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
             return self.opaque(io, local).await;
         }
