@@ -41,6 +41,8 @@ pub async fn scrape(addr: SocketAddr) -> Result<String, Box<dyn std::error::Erro
 #[derive(Default, Debug, Clone)]
 pub struct Snapshot {
     pub requests: BTreeMap<(String, String), (f64, f64)>,
+    /// Retries by destination service name.
+    pub retries: BTreeMap<String, f64>,
     pub buckets: BTreeMap<(String, String), BTreeMap<u64, f64>>,
 }
 
@@ -78,6 +80,10 @@ impl Snapshot {
                         e.1 += value;
                     }
                 }
+                "strait_retries_total" => {
+                    let svc = l.get("dst_service").copied().unwrap_or("").to_string();
+                    *s.retries.entry(svc).or_default() += value;
+                }
                 "strait_request_duration_seconds_bucket" => {
                     let le = l.get("le").copied().unwrap_or("+Inf");
                     let le = if le == "+Inf" { u64::MAX } else { (le.parse::<f64>().unwrap_or(0.0) * 1e6) as u64 };
@@ -96,6 +102,9 @@ impl Snapshot {
                 v.0 -= b.0;
                 v.1 -= b.1;
             }
+        }
+        for (k, v) in d.retries.iter_mut() {
+            *v -= before.retries.get(k).copied().unwrap_or(0.0);
         }
         for (k, m) in d.buckets.iter_mut() {
             if let Some(b) = before.buckets.get(k) {
@@ -120,8 +129,8 @@ pub fn quantile_ms(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
 
 pub fn render(d: &Snapshot, direction: &str, secs: f64) -> String {
     let mut out = format!(
-        "{:<28} {:>9} {:>8} {:>9} {:>9} {:>9}\n",
-        "SERVICE", "SUCCESS", "RPS", "P50", "P95", "P99"
+        "{:<28} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10}\n",
+        "SERVICE", "SUCCESS", "RPS", "P50", "P95", "P99", "RETRIES/S"
     );
     for ((dir, svc), (total, ok)) in &d.requests {
         if dir != direction || *total <= 0.0 {
@@ -129,14 +138,17 @@ pub fn render(d: &Snapshot, direction: &str, secs: f64) -> String {
         }
         let b = d.buckets.get(&(dir.clone(), svc.clone()));
         let q = |q| b.and_then(|b| quantile_ms(b, q)).map_or("-".to_string(), |v| format!("{v}ms"));
+        let name = svc.split('.').next().unwrap_or("");
+        let retries = d.retries.get(name).copied().unwrap_or(0.0) / secs;
         out.push_str(&format!(
-            "{:<28} {:>8.2}% {:>8.1} {:>9} {:>9} {:>9}\n",
+            "{:<28} {:>8.2}% {:>8.1} {:>9} {:>9} {:>9} {:>10.1}\n",
             if svc.is_empty() { "(unknown)" } else { svc },
             100.0 * ok / total,
             total / secs,
             q(0.5),
             q(0.95),
-            q(0.99)
+            q(0.99),
+            retries
         ));
     }
     out
