@@ -13,6 +13,16 @@ cargo build --workspace --bins --tests
 echo "== proxy dependencies"
 ./scripts/check-proxy-deps.sh
 
+echo "== tools for the loopback tiers"
+# tcpdump: the mTLS test checks that a capture between two proxies holds no plaintext (needs root;
+# the test prints why it skips that part otherwise).
+rc=0; ./scripts/ensure-tools.sh "mtls capture" tcpdump=tcpdump || rc=$?
+case $rc in
+  0) summary+=("mtls packet capture: tcpdump present (the capture itself needs root)") ;;
+  1) summary+=("mtls packet capture: SKIPPED (no tcpdump, not root)") ;;
+  *) exit "$rc" ;;
+esac
+
 echo "== unit, integration and end-to-end tests (real processes on loopback)"
 # The end-to-end tests start many processes; two test threads keep a 2-core machine responsive.
 cargo test --workspace --no-fail-fast -- --test-threads="${STRAIT_TEST_THREADS:-2}"

@@ -1,10 +1,13 @@
 //! The `strait-controller` command line (DESIGN §9).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::{Config, logging::LogFormat};
+use crate::{CaSource, Config, IdentityConfig, identity::ca::IssuerFiles, logging::LogFormat};
+
+/// The state directory's name when `--state-dir` is not given: next to the mesh file.
+pub const DEFAULT_STATE_DIR_NAME: &str = "strait-state";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CliError {
@@ -21,7 +24,9 @@ pub struct Args {
     /// Embedded mode: serve the mesh described in this YAML file, reloading it when it changes.
     #[arg(long, value_name = "FILE", conflicts_with = "kubernetes")]
     pub mesh_file: Option<PathBuf>,
-    /// Where embedded mode keeps its state (trust anchor and issuer, once identity is served).
+    /// Where embedded mode keeps its state: the trust anchor and issuer it creates on first start
+    /// (`trust-anchors.pem` there is what proxies trust). Default: `strait-state` in the mesh
+    /// file's directory.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Kubernetes mode: watch the cluster's Services, EndpointSlices and Pods (not built yet).
@@ -30,9 +35,22 @@ pub struct Args {
     /// Discovery gRPC listen address.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8086")]
     pub discovery_addr: SocketAddr,
-    /// Identity gRPC listen address (identity is not served yet).
+    /// Identity gRPC listen address (`Identity.Certify`: proxies' certificates).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub identity_addr: SocketAddr,
+    /// Trust anchors (PEM bundle) the issuer must chain to. With --issuer-cert and --issuer-key,
+    /// these are used instead of the state directory's.
+    #[arg(long, value_name = "FILE", requires_all = ["issuer_cert", "issuer_key"])]
+    pub trust_anchors: Option<PathBuf>,
+    /// The issuer's certificate (PEM; intermediates may follow it), re-read when it changes.
+    #[arg(long, value_name = "FILE", requires_all = ["trust_anchors", "issuer_key"])]
+    pub issuer_cert: Option<PathBuf>,
+    /// The issuer's private key (PEM), re-read when it changes.
+    #[arg(long, value_name = "FILE", requires_all = ["trust_anchors", "issuer_cert"])]
+    pub issuer_key: Option<PathBuf>,
+    /// Lifetime of the proxies' certificates, e.g. `24h`, `90m`, `1m`, `30s` (proxies renew at 70 %).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_lifetime)]
+    pub cert_lifetime: Duration,
     /// Admin HTTP listen address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9990")]
     pub admin_addr: SocketAddr,
@@ -54,18 +72,47 @@ impl Args {
             return Err(CliError::KubernetesNotBuilt);
         }
         let mesh_file = self.mesh_file.clone().ok_or(CliError::NoSource)?;
+        let ca = match (&self.trust_anchors, &self.issuer_cert, &self.issuer_key) {
+            (Some(anchors), Some(cert), Some(key)) => {
+                CaSource::Files(IssuerFiles { cert: cert.clone(), key: key.clone(), anchors: Some(anchors.clone()) })
+            }
+            _ => CaSource::StateDir(self.state_dir.clone().unwrap_or_else(|| {
+                mesh_file.parent().unwrap_or_else(|| std::path::Path::new("")).join(DEFAULT_STATE_DIR_NAME)
+            })),
+        };
+        let identity = IdentityConfig { addr: self.identity_addr, ca, cert_lifetime: self.cert_lifetime };
         Ok(Config {
             discovery_addr: self.discovery_addr,
             admin_addr: self.admin_addr,
             cluster_domain: self.cluster_domain.clone(),
+            identity: Some(identity),
             ..Config::embedded(mesh_file)
         })
     }
 }
 
+/// `<n>s`, `<n>m`, `<n>h` or `<n>d`, at least one second.
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 24h, 90m or 30s"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("a certificate lifetime must be at least 1s".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn args(a: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("strait-controller").chain(a.iter().copied()))
@@ -82,6 +129,41 @@ mod tests {
         let c = a.config().unwrap();
         assert_eq!(c.mesh_file, PathBuf::from("mesh.yaml"));
         assert_eq!(c.discovery_addr, "0.0.0.0:8086".parse().unwrap());
+        let identity = c.identity.unwrap();
+        assert_eq!(identity.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(identity.cert_lifetime, Duration::from_secs(24 * 3600));
+        assert!(matches!(identity.ca, CaSource::StateDir(d) if d == Path::new("strait-state")));
+        let c = args(&["--mesh-file", "/etc/strait/mesh.yaml"]).unwrap().config().unwrap();
+        assert!(matches!(c.identity.unwrap().ca, CaSource::StateDir(d) if d == Path::new("/etc/strait/strait-state")));
+    }
+
+    #[test]
+    fn identity_flags() {
+        let c = args(&["--mesh-file=m.yaml", "--state-dir=/var/lib/strait", "--cert-lifetime=1m", "--identity-addr=127.0.0.1:3"])
+            .unwrap()
+            .config()
+            .unwrap();
+        let identity = c.identity.unwrap();
+        assert_eq!((identity.addr.port(), identity.cert_lifetime), (3, Duration::from_secs(60)));
+        assert!(matches!(identity.ca, CaSource::StateDir(d) if d == Path::new("/var/lib/strait")));
+        let c = args(&["--mesh-file=m", "--trust-anchors=a.pem", "--issuer-cert=i.pem", "--issuer-key=k.pem"])
+            .unwrap()
+            .config()
+            .unwrap();
+        match c.identity.unwrap().ca {
+            CaSource::Files(f) => {
+                assert_eq!((f.cert, f.key, f.anchors), ("i.pem".into(), "k.pem".into(), Some("a.pem".into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The three files go together; lifetimes need a unit and are never zero.
+        assert!(args(&["--mesh-file=m", "--issuer-cert=i.pem", "--issuer-key=k.pem"]).is_err());
+        assert!(args(&["--mesh-file=m", "--trust-anchors=a.pem"]).is_err());
+        for bad in ["0s", "10", "1w", "h", "-1m"] {
+            assert!(args(&["--mesh-file=m", "--cert-lifetime", bad]).is_err(), "{bad}");
+        }
+        assert_eq!(parse_lifetime("2d"), Ok(Duration::from_secs(2 * 86_400)));
+        assert_eq!(parse_lifetime("90s"), Ok(Duration::from_secs(90)));
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Counts {
 #[derive(Debug, Default)]
 pub struct Index {
     cluster_domain: String,
+    /// The mesh's SPIFFE trust domain (endpoints' identities and certificates are in it).
+    trust_domain: String,
     by_name: HashMap<ServiceName, Arc<ServiceEntry>>,
     by_ip: HashMap<IpAddr, Arc<ServiceEntry>>,
     inbound: HashMap<WorkloadRef, pb::InboundPolicy>,
@@ -94,6 +96,7 @@ impl Index {
         let workloads: HashMap<WorkloadRef, &Workload> =
             mesh.workloads.iter().map(|w| (workload_key(&w.namespace, &w.name), w)).collect();
         let mut index = Self::empty(cluster_domain);
+        index.trust_domain = mesh.trust_domain.clone();
         let mut errors = Vec::new();
         for service in &mesh.services {
             let name = ServiceName::new(&service.namespace, &service.name);
@@ -126,6 +129,10 @@ impl Index {
 
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 
     /// What `authority` names for a proxy in `client_namespace`.

@@ -1,5 +1,6 @@
 //! strait-controller: the Strait control plane. It serves discovery to the proxies over gRPC from a
-//! source-independent mesh model, fed today by the embedded mesh file (Kubernetes watchers later).
+//! source-independent mesh model, fed today by the embedded mesh file (Kubernetes watchers later),
+//! and signs the proxies' certificates (`Identity.Certify`) when [`Config::identity`] is set.
 //!
 //! [`start`] binds every listener, loads the mesh and returns a running [`Controller`]; tests run
 //! one in-process on loopback ports with it, and `main` runs one until a signal.
@@ -8,6 +9,7 @@ pub mod admin;
 pub mod authority;
 pub mod cli;
 pub mod discovery;
+pub mod identity;
 pub mod index;
 pub mod logging;
 pub mod mesh_file;
@@ -18,7 +20,7 @@ pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use strait_proto::discovery::v1::discovery_server::DiscoveryServer;
+use strait_proto::{discovery::v1::discovery_server::DiscoveryServer, identity::v1::identity_server::IdentityServer};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,10 @@ pub enum Error {
     Metrics(#[from] metrics::MetricsError),
     #[error("discovery server: {0}")]
     Discovery(#[from] tonic::transport::Error),
+    #[error("identity: {0}")]
+    Ca(#[from] identity::ca::CaError),
+    #[error("identity server: {0}")]
+    IdentityServer(tonic::transport::Error),
     #[error("installing the signal handlers: {0}")]
     Signal(std::io::Error),
     #[error("the {0} task stopped unexpectedly")]
@@ -58,6 +64,26 @@ pub struct Config {
     pub poll_interval: Duration,
     pub push_interval: Duration,
     pub limits: discovery::Limits,
+    /// Serve `Identity.Certify` (the command line always does); `None` serves discovery only.
+    pub identity: Option<IdentityConfig>,
+}
+
+/// Where the identity service listens and what it signs with.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub addr: SocketAddr,
+    pub ca: CaSource,
+    /// Lifetime of the proxies' certificates (never beyond the issuer's own expiry).
+    pub cert_lifetime: Duration,
+}
+
+/// Where the trust anchor and the issuer come from.
+#[derive(Debug, Clone)]
+pub enum CaSource {
+    /// Embedded mode: `trust-anchors.pem` and the issuer in this directory, created on first start.
+    StateDir(PathBuf),
+    /// Given files (`--trust-anchors`, `--issuer-cert`, `--issuer-key`).
+    Files(identity::ca::IssuerFiles),
 }
 
 impl Config {
@@ -71,6 +97,7 @@ impl Config {
             poll_interval: mesh_file::DEFAULT_POLL_INTERVAL,
             push_interval: store::DEFAULT_PUSH_INTERVAL,
             limits: discovery::Limits::default(),
+            identity: None,
         }
     }
 }
@@ -79,6 +106,7 @@ impl Config {
 pub struct Controller {
     discovery_addr: SocketAddr,
     admin_addr: SocketAddr,
+    identity_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, Result<(), Error>)>,
@@ -88,9 +116,11 @@ pub struct Controller {
 /// serving. Returns once the first mesh is published, so the controller is ready.
 pub async fn start(config: Config) -> Result<Controller, Error> {
     let metrics = Arc::new(Metrics::new()?);
-    let (mesh, fingerprint) = mesh_file::load(&config.mesh_file).await.inspect_err(|_| {
+    let (loaded, fingerprint) = mesh_file::load(&config.mesh_file).await.inspect_err(|_| {
         metrics.config_reloads.with_label_values(&["error"]).inc();
     })?;
+    let mesh = loaded.mesh;
+    let (tokens_tx, tokens) = tokio::sync::watch::channel(Arc::new(loaded.tokens));
     metrics.config_reloads.with_label_values(&["ok"]).inc();
     let bind = |what, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
@@ -100,6 +130,18 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
     let local = |what, l: &TcpListener, addr| l.local_addr().map_err(|source| Error::Bind { what, addr, source });
     let discovery_addr = local("discovery", &discovery_listener, config.discovery_addr)?;
     let admin_addr = local("admin", &admin_listener, config.admin_addr)?;
+    let identity = match &config.identity {
+        Some(ic) => {
+            let ca = match &ic.ca {
+                CaSource::StateDir(dir) => identity::ca::Ca::load_or_create(dir, ic.cert_lifetime)?,
+                CaSource::Files(files) => identity::ca::Ca::from_files(files.clone(), ic.cert_lifetime)?,
+            };
+            let listener = bind("identity", ic.addr).await?;
+            let addr = local("identity", &listener, ic.addr)?;
+            Some((Arc::new(ca), listener, addr))
+        }
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let (store, mut snapshots, publisher) = store::new(&config.cluster_domain, config.push_interval, metrics.clone());
@@ -120,6 +162,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             config.poll_interval,
             fingerprint,
             store,
+            tokens_tx,
             metrics.clone(),
             shutdown.clone(),
         );
@@ -136,6 +179,32 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         .add_service(DiscoveryServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tasks.spawn(named("discovery server", async move { server.await.map_err(Error::from) }));
+    let identity_addr = identity.as_ref().map(|(_, _, addr)| *addr);
+    if let Some((ca, listener, addr)) = identity {
+        metrics.issuer_expiry.set(i64::try_from(ca.issuer_not_after_unix()).unwrap_or(i64::MAX));
+        let anchors = ca.files().anchors.as_ref().map_or_else(|| "(not given)".to_string(), |p| p.display().to_string());
+        tracing::info!(
+            identity_addr = %addr,
+            issuer = %ca.issuer_subject(),
+            issuer_cert = %ca.files().cert.display(),
+            cert_lifetime = ?ca.lifetime(),
+            "identity serving; proxies trust the anchors in {anchors} (STRAIT_TRUST_ANCHORS)"
+        );
+        tasks.spawn(named("issuer watcher", {
+            let watch = identity::service::watch_issuer(ca.clone(), config.poll_interval, metrics.clone(), shutdown.clone());
+            async move {
+                watch.await;
+                Ok(())
+            }
+        }));
+        let auth = Arc::new(identity::auth::BootstrapAuthenticator::new(tokens));
+        let service = identity::service::IdentityService::new(ca, auth, snapshots.clone(), metrics.clone());
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(service))
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        tasks.spawn(named("identity server", async move { server.await.map_err(Error::IdentityServer) }));
+    }
     let admin_state = admin::AdminState { metrics: metrics.clone(), snapshots: snapshots.clone() };
     tasks.spawn(named("admin server", {
         let shutdown = shutdown.clone();
@@ -157,7 +226,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         workloads,
         "controller serving"
     );
-    Ok(Controller { discovery_addr, admin_addr, metrics, shutdown, tasks })
+    Ok(Controller { discovery_addr, admin_addr, identity_addr, metrics, shutdown, tasks })
 }
 
 async fn named(
@@ -175,6 +244,11 @@ impl Controller {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where `Identity.Certify` listens, when identity is served.
+    pub fn identity_addr(&self) -> Option<SocketAddr> {
+        self.identity_addr
     }
 
     pub fn metrics(&self) -> &Metrics {

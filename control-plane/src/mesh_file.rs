@@ -15,6 +15,7 @@ use strait_proto::mesh::{self as file, MeshFile};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    identity::auth::BootstrapTokens,
     metrics::Metrics,
     model::{Endpoint, InboundMode, Mesh, Protocol, Service, ServicePort, Workload, WorkloadRef},
     store::Store,
@@ -53,8 +54,16 @@ pub enum Fingerprint {
     Unreadable(std::io::ErrorKind),
 }
 
+/// What a mesh file gives: the mesh discovery serves, and the workloads' bootstrap tokens, which
+/// only the identity service sees.
+#[derive(Debug)]
+pub struct Loaded {
+    pub mesh: Mesh,
+    pub tokens: BootstrapTokens,
+}
+
 /// Reads and converts the mesh file once.
-pub async fn load(path: &Path) -> Result<(Mesh, Fingerprint), MeshFileError> {
+pub async fn load(path: &Path) -> Result<(Loaded, Fingerprint), MeshFileError> {
     let (fingerprint, bytes) = read(path).await;
     let bytes = bytes.map_err(|source| MeshFileError::Read { path: path.display().to_string(), source })?;
     Ok((parse(path, &bytes)?, fingerprint))
@@ -79,12 +88,13 @@ async fn read(path: &Path) -> (Fingerprint, std::io::Result<Vec<u8>>) {
 }
 
 /// Parses the file's bytes into the model.
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<Mesh, MeshFileError> {
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Loaded, MeshFileError> {
     let p = || path.display().to_string();
     let text = std::str::from_utf8(bytes)
         .map_err(|e| MeshFileError::Invalid { path: p(), message: format!("not UTF-8: {e}") })?;
     let parsed = MeshFile::parse(text).map_err(|source| MeshFileError::Parse { path: p(), source })?;
-    to_model(&parsed).map_err(|message| MeshFileError::Invalid { path: p(), message })
+    let mesh = to_model(&parsed).map_err(|message| MeshFileError::Invalid { path: p(), message })?;
+    Ok(Loaded { mesh, tokens: BootstrapTokens::from_file(&parsed) })
 }
 
 /// Converts a parsed mesh file, refusing what the schema check lets through but the mesh cannot
@@ -199,12 +209,14 @@ fn workload_ref(mesh: &MeshFile, namespace: &str, name: &str) -> WorkloadRef {
     }
 }
 
-/// Polls the file every `interval` until `shutdown`, publishing each good edit to `store`.
+/// Polls the file every `interval` until `shutdown`, publishing each good edit to `store` (and its
+/// bootstrap tokens to `tokens`).
 pub async fn watch(
     path: PathBuf,
     interval: Duration,
     mut last: Fingerprint,
     store: Store,
+    tokens: tokio::sync::watch::Sender<Arc<BootstrapTokens>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -224,11 +236,12 @@ pub async fn watch(
             .map_err(|source| MeshFileError::Read { path: path.display().to_string(), source })
             .and_then(|b| parse(&path, &b));
         match loaded {
-            Ok(mesh) => {
-                let (services, endpoints, workloads) = mesh.counts();
+            Ok(loaded) => {
+                let (services, endpoints, workloads) = loaded.mesh.counts();
                 tracing::info!(path = %path.display(), services, endpoints, workloads, "mesh file reloaded");
                 metrics.config_reloads.with_label_values(&["ok"]).inc();
-                store.publish(mesh);
+                tokens.send_replace(Arc::new(loaded.tokens));
+                store.publish(loaded.mesh);
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), line = e.line(), error = %e, "mesh file not reloaded; the last good one keeps serving");

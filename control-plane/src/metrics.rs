@@ -38,6 +38,13 @@ pub struct Metrics {
     pub nacks: IntCounter,
     /// `strait_discovery_stream_errors_total{reason}`: streams ended with an error.
     pub stream_errors: IntCounterVec,
+    /// `strait_controller_certificates_issued_total{result}`: `Identity.Certify` answers, by
+    /// result (`ok`, `invalid`, `unauthenticated`, `denied`, `unavailable`, `error`).
+    pub certificates: IntCounterVec,
+    /// `strait_controller_issuer_reloads_total{result="ok"|"error"}`: issuer file changes taken or refused.
+    pub issuer_reloads: IntCounterVec,
+    /// `strait_controller_issuer_expiry_timestamp_seconds`: when the issuer in use expires.
+    pub issuer_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -78,6 +85,18 @@ impl Metrics {
                 Opts::new("strait_discovery_stream_errors_total", "Discovery streams ended with an error, by reason"),
                 &["reason"],
             )?,
+            certificates: IntCounterVec::new(
+                Opts::new("strait_controller_certificates_issued_total", "Identity.Certify answers, by result"),
+                &["result"],
+            )?,
+            issuer_reloads: IntCounterVec::new(
+                Opts::new("strait_controller_issuer_reloads_total", "Issuer file changes, taken (ok) or refused (error)"),
+                &["result"],
+            )?,
+            issuer_expiry: IntGauge::new(
+                "strait_controller_issuer_expiry_timestamp_seconds",
+                "When the issuer signing proxies' certificates expires (Unix time); 0 when identity is not served",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.config_reloads.clone()))?;
@@ -90,6 +109,9 @@ impl Metrics {
         m.registry.register(Box::new(m.acks.clone()))?;
         m.registry.register(Box::new(m.nacks.clone()))?;
         m.registry.register(Box::new(m.stream_errors.clone()))?;
+        m.registry.register(Box::new(m.certificates.clone()))?;
+        m.registry.register(Box::new(m.issuer_reloads.clone()))?;
+        m.registry.register(Box::new(m.issuer_expiry.clone()))?;
         for kind in ["services", "endpoints", "workloads"] {
             m.watched_objects.with_label_values(&[kind]).set(0);
         }
@@ -98,6 +120,12 @@ impl Metrics {
         }
         for kind in ["service", "not_found", "inbound"] {
             m.updates.with_label_values(&[kind]).inc_by(0);
+        }
+        for result in crate::identity::service::RESULTS {
+            m.certificates.with_label_values(&[result]).inc_by(0);
+        }
+        for result in ["ok", "error"] {
+            m.issuer_reloads.with_label_values(&[result]).inc_by(0);
         }
         Ok(m)
     }
@@ -131,6 +159,8 @@ mod tests {
             "strait_controller_subscriptions 0",
             "strait_discovery_updates_total{kind=\"service\"} 0",
             "strait_discovery_nacks_total 0",
+            "strait_controller_certificates_issued_total{result=\"denied\"} 0",
+            "strait_controller_issuer_reloads_total{result=\"error\"} 0",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }

@@ -1,7 +1,7 @@
-//! Ready-to-use processes: test application servers and Strait proxies on loopback.
+//! Ready-to-use processes: test application servers, Strait proxies and controllers on loopback.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::net::free_addr;
@@ -92,7 +92,9 @@ pub async fn proxy_named(name: &str, env: &[(&str, &str)]) -> ProxyHandle {
     unreachable!("the last attempt returns or panics")
 }
 
-fn spawn_proxy(name: &str, env: &[(&str, &str)]) -> ProxyHandle {
+/// Starts `strait-proxy` like [`proxy_named`] without waiting for `/ready`: for proxies a test
+/// expects never to become ready (say, refused a certificate).
+pub fn spawn_proxy(name: &str, env: &[(&str, &str)]) -> ProxyHandle {
     let given = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     let addr = |key: &str| match given(key) {
         Some(value) => value
@@ -142,4 +144,102 @@ async fn wait_ready(mut handle: ProxyHandle) -> Result<ProxyHandle, String> {
             return Err(handle.log());
         }
     }
+}
+
+/// A running `strait-controller` in embedded mode and its listeners.
+#[derive(Debug)]
+pub struct ControllerHandle {
+    pub process: Process,
+    pub discovery: SocketAddr,
+    pub identity: SocketAddr,
+    pub admin: SocketAddr,
+    /// Its `--state-dir`: the trust anchor and issuer (`trust-anchors.pem`, `issuer.pem`,
+    /// `issuer-key.pem`) it created or found there.
+    pub state_dir: PathBuf,
+    pub mesh_file: PathBuf,
+}
+
+impl ControllerHandle {
+    /// What proxies trust: `<state_dir>/trust-anchors.pem`.
+    pub fn trust_anchors(&self) -> PathBuf {
+        self.state_dir.join("trust-anchors.pem")
+    }
+
+    /// The environment a proxy needs for discovery and identity from this controller:
+    /// `STRAIT_DISCOVERY_ADDR`, `STRAIT_IDENTITY_ADDR` and `STRAIT_TRUST_ANCHORS`.
+    pub fn proxy_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STRAIT_DISCOVERY_ADDR", self.discovery.to_string()),
+            ("STRAIT_IDENTITY_ADDR", self.identity.to_string()),
+            ("STRAIT_TRUST_ANCHORS", self.trust_anchors().display().to_string()),
+        ]
+    }
+
+    /// Its metrics, scraped from the admin port.
+    pub async fn metrics(&self) -> String {
+        crate::metrics::scrape(self.admin).await
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// [`controller_named`] with the name `controller`.
+pub async fn controller(dir: &Path, mesh_yaml: &str, extra_args: &[&str]) -> ControllerHandle {
+    controller_named("controller", dir, mesh_yaml, extra_args).await
+}
+
+/// Writes `mesh_yaml` to `<dir>/mesh.yaml` and starts `strait-controller --mesh-file` on it with
+/// `--state-dir <dir>/state` and discovery, identity, admin and webhook listeners on free loopback
+/// ports, plus `extra_args` (e.g. `--cert-lifetime 1m`; a `--state-dir` there replaces the default
+/// one). Logs to `<dir>/<name>.log`. Waits until `/ready` answers 200 (the mesh is loaded and
+/// identity is served); panics with the log if it does not within 30 s, retrying on other ports if
+/// one was taken meanwhile. Several controllers may share a directory (and so a state directory:
+/// start them one after the other, the first creates the anchor and issuer).
+pub async fn controller_named(name: &str, dir: &Path, mesh_yaml: &str, extra_args: &[&str]) -> ControllerHandle {
+    const ATTEMPTS: usize = 3;
+    let mesh_file = dir.join("mesh.yaml");
+    std::fs::write(&mesh_file, mesh_yaml).unwrap_or_else(|e| panic!("writing {}: {e}", mesh_file.display()));
+    let state_dir = match extra_args.iter().position(|a| *a == "--state-dir") {
+        Some(i) => PathBuf::from(extra_args.get(i + 1).expect("--state-dir needs a value")),
+        None => dir.join("state"),
+    };
+    for attempt in 1..=ATTEMPTS {
+        let (discovery, identity, admin) = (free_addr(), free_addr(), free_addr());
+        let (m, s, d, i, a, w) = (
+            mesh_file.display().to_string(),
+            state_dir.display().to_string(),
+            discovery.to_string(),
+            identity.to_string(),
+            admin.to_string(),
+            free_addr().to_string(),
+        );
+        let mut args = vec![
+            "--mesh-file", &m, "--discovery-addr", &d, "--identity-addr", &i, "--admin-addr", &a, "--webhook-addr", &w,
+        ];
+        if !extra_args.contains(&"--state-dir") {
+            args.extend(["--state-dir", &s]);
+        }
+        args.extend_from_slice(extra_args);
+        let mut process = Process::spawn(name, bin("strait-controller"), &args, &[("STRAIT_LOG", "info")], dir);
+        let url = format!("http://{admin}/ready");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = process.try_exit_status() {
+                let log = process.log();
+                if attempt < ATTEMPTS && log.contains("in use") {
+                    break;
+                }
+                panic!("{name} exited ({status}) before it was ready; log:\n{log}");
+            }
+            if crate::client::wait_for_http_ok(&url, Duration::from_millis(200)).await.is_ok() {
+                return ControllerHandle { process, discovery, identity, admin, state_dir, mesh_file };
+            }
+            if Instant::now() >= deadline {
+                panic!("{name} did not become ready within {STARTUP_TIMEOUT:?}; log:\n{}", process.log());
+            }
+        }
+    }
+    unreachable!("the last attempt returns or panics")
 }

@@ -21,6 +21,9 @@ pub use client::{
     send_http1, wait_for_http_ok,
 };
 pub use dir::TestDir;
-pub use fixtures::{ProxyHandle, proxy, proxy_named, testsrv, testsrv_in};
+pub use fixtures::{
+    ControllerHandle, ProxyHandle, controller, controller_named, proxy, proxy_named, spawn_proxy, testsrv,
+    testsrv_in,
+};
 pub use net::{free_addr, free_port, wait_for_tcp};
 pub use process::{Process, bin};

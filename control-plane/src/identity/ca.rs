@@ -1,0 +1,459 @@
+//! The mesh's certificate authority: a trust anchor (what every proxy trusts) and an issuer it
+//! certified (what signs proxies' certificates). In embedded mode both are created in the state
+//! directory on first start; otherwise they come from files (on Kubernetes, a Secret the chart
+//! mounts). The files are re-read when they change, so the issuer can move from A to B while
+//! traffic flows.
+//!
+//! An issuer is only taken into use when it can sign certificates the proxies will accept: its key
+//! matches its certificate, it is a CA, it has not expired, and (when the anchors file is known) it
+//! chains to one of the trust anchors. Anything else is refused and the current issuer kept.
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash, Hasher},
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, pem::PemObject};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// DESIGN §4: proxies renew at 70 %, so a day gives hours of slack when the controller is down.
+pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Certificates start a little in the past so a proxy whose clock is behind still accepts them.
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// Generated anchors and issuers: long enough never to matter for a demo or a test cluster.
+const ANCHOR_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+pub const ANCHORS_FILE: &str = "trust-anchors.pem";
+pub const ANCHOR_KEY_FILE: &str = "trust-anchor-key.pem";
+pub const ISSUER_CERT_FILE: &str = "issuer.pem";
+pub const ISSUER_KEY_FILE: &str = "issuer-key.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("certificate or key: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0} holds no certificate")]
+    Empty(String),
+    #[error("{0}: {1}")]
+    Parse(String, String),
+    #[error("the key in {key} does not belong to the certificate in {cert}")]
+    KeyMismatch { cert: String, key: String },
+    #[error("the certificate in {0} is not a CA, so it cannot issue certificates")]
+    NotCa(String),
+    #[error("the issuer in {path} expired at {not_after} (Unix time)")]
+    Expired { path: String, not_after: i64 },
+    #[error("the issuer in {cert} is not signed by any trust anchor in {anchors}")]
+    Untrusted { cert: String, anchors: String },
+    #[error(
+        "{anchors} exists but {key} does not: the state directory holds an anchor this controller cannot \
+         sign with; give --trust-anchors, --issuer-cert and --issuer-key, or remove it"
+    )]
+    ForeignAnchors { anchors: String, key: String },
+    #[error("the CSR is not valid: {0}")]
+    Csr(rcgen::Error),
+}
+
+/// Where the issuer comes from, and the anchors it must chain to.
+#[derive(Clone, Debug)]
+pub struct IssuerFiles {
+    /// The issuer's certificate, optionally followed by intermediates up to (not including) an anchor.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The trust anchors bundle the proxies use. When known, an issuer that does not chain to one
+    /// of them is refused.
+    pub anchors: Option<PathBuf>,
+}
+
+/// The issuer in use.
+struct Current {
+    issuer: Issuer<'static, KeyPair>,
+    /// Sent with every leaf: the issuer first, then any intermediates.
+    chain_der: Vec<Vec<u8>>,
+    not_after: SystemTime,
+    subject: String,
+}
+
+pub struct Ca {
+    current: RwLock<Arc<Current>>,
+    /// What the files held when last read, so a bad edit is reported once and not on every poll.
+    seen: Mutex<u64>,
+    files: IssuerFiles,
+    lifetime: Duration,
+}
+
+pub struct Signed {
+    pub leaf_der: Vec<u8>,
+    pub chain_der: Vec<Vec<u8>>,
+    pub not_after_unix: u64,
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, CaError> {
+    std::fs::read(p).map_err(|e| CaError::Io(p.display().to_string(), e))
+}
+
+fn read_string(p: &Path) -> Result<String, CaError> {
+    std::fs::read_to_string(p).map_err(|e| CaError::Io(p.display().to_string(), e))
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a file; `private`
+/// files (keys) are readable by their owner only.
+fn write(p: &Path, s: &str, private: bool) -> Result<(), CaError> {
+    let io = |e| CaError::Io(p.display().to_string(), e);
+    let tmp = p.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).map_err(io)?;
+    f.write_all(s.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, p).map_err(io)
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = SystemTime::now();
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + lifetime).into();
+}
+
+/// A new self-signed trust anchor: (certificate PEM, key PEM).
+pub fn new_anchor(name: &str) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut params, ANCHOR_LIFETIME);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A new issuer certified by the anchor: (certificate PEM, key PEM).
+pub fn new_issuer(anchor_cert_pem: &str, anchor_key_pem: &str, name: &str) -> Result<(String, String), CaError> {
+    let anchor_key = KeyPair::from_pem(anchor_key_pem)?;
+    let anchor = Issuer::from_ca_cert_pem(anchor_cert_pem, anchor_key)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut params, ISSUER_LIFETIME);
+    let cert = params.signed_by(&key, &anchor)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+impl Ca {
+    /// Embedded mode: use the anchor and issuer in `dir`, creating them on first start.
+    pub fn load_or_create(dir: &Path, lifetime: Duration) -> Result<Self, CaError> {
+        std::fs::create_dir_all(dir).map_err(|e| CaError::Io(dir.display().to_string(), e))?;
+        let anchors = dir.join(ANCHORS_FILE);
+        let files = IssuerFiles {
+            cert: dir.join(ISSUER_CERT_FILE),
+            key: dir.join(ISSUER_KEY_FILE),
+            anchors: Some(anchors.clone()),
+        };
+        if !files.cert.exists() || !files.key.exists() {
+            let anchor_key = dir.join(ANCHOR_KEY_FILE);
+            let (anchor_pem, anchor_key_pem) = match (anchors.exists(), anchor_key.exists()) {
+                (true, true) => (read_string(&anchors)?, read_string(&anchor_key)?),
+                (true, false) => {
+                    return Err(CaError::ForeignAnchors {
+                        anchors: anchors.display().to_string(),
+                        key: anchor_key.display().to_string(),
+                    });
+                }
+                (false, _) => {
+                    let (c, k) = new_anchor("strait trust anchor")?;
+                    write(&anchor_key, &k, true)?;
+                    write(&anchors, &c, false)?;
+                    (c, k)
+                }
+            };
+            let (c, k) = new_issuer(&anchor_pem, &anchor_key_pem, "strait issuer")?;
+            write(&files.key, &k, true)?;
+            write(&files.cert, &c, false)?;
+            tracing::info!(dir = %dir.display(), "created a trust anchor and an issuer");
+        }
+        Self::from_files(files, lifetime)
+    }
+
+    /// Uses the issuer in `files`; fails when it cannot sign certificates proxies would accept.
+    pub fn from_files(files: IssuerFiles, lifetime: Duration) -> Result<Self, CaError> {
+        let seen = fingerprint(&files);
+        let current = load_issuer(&files)?;
+        Ok(Ca { current: RwLock::new(Arc::new(current)), seen: Mutex::new(seen), files, lifetime })
+    }
+
+    pub fn files(&self) -> &IssuerFiles {
+        &self.files
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The issuer's subject, for logs.
+    pub fn issuer_subject(&self) -> String {
+        self.current().subject.clone()
+    }
+
+    /// When the issuer in use expires (Unix seconds).
+    pub fn issuer_not_after_unix(&self) -> u64 {
+        unix(self.current().not_after)
+    }
+
+    /// Re-reads the files when their contents changed (issuer, key or anchors). A pair that cannot
+    /// be used is reported once and the current issuer kept; the next change is tried again (so
+    /// replacing the certificate and the key one after the other works).
+    pub fn reload_if_changed(&self) -> Result<bool, CaError> {
+        let now = fingerprint(&self.files);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Ok(false);
+            }
+            *seen = now;
+        }
+        let next = load_issuer(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(true)
+    }
+
+    /// Signs a proxy's CSR for `spiffe` (already authenticated by the caller). Only the CSR's
+    /// public key is used (its signature proves the caller holds the private key): the identity
+    /// comes from the proof, never from what the CSR asks for. The leaf never outlives the issuer.
+    pub fn sign(&self, csr_der: &[u8], spiffe: &str) -> Result<Signed, CaError> {
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(CaError::Csr)?;
+        let current = self.current();
+        let now = SystemTime::now();
+        if current.not_after <= now {
+            return Err(CaError::Expired { path: self.files.cert.display().to_string(), not_after: unix(current.not_after) as i64 });
+        }
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(rcgen::string::Ia5String::try_from(spiffe.to_string())?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = (now - BACKDATE).into();
+        let not_after = (now + self.lifetime).min(current.not_after);
+        params.not_after = not_after.into();
+        let cert = params.signed_by(&csr.public_key, &current.issuer)?;
+        Ok(Signed { leaf_der: cert.der().to_vec(), chain_der: current.chain_der.clone(), not_after_unix: unix(not_after) })
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A hash of the files' contents (or of why they could not be read).
+fn fingerprint(f: &IssuerFiles) -> u64 {
+    let mut h = DefaultHasher::new();
+    for p in [Some(&f.cert), Some(&f.key), f.anchors.as_ref()].into_iter().flatten() {
+        match std::fs::read(p) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => format!("{:?}", e.kind()).hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::Parse(path.display().to_string(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(CaError::Empty(path.display().to_string()));
+    }
+    Ok(certs)
+}
+
+fn parse<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, CaError> {
+    X509Certificate::from_der(der).map(|(_, c)| c).map_err(|e| CaError::Parse(path.display().to_string(), e.to_string()))
+}
+
+fn load_issuer(files: &IssuerFiles) -> Result<Current, CaError> {
+    let cert_path = files.cert.display().to_string();
+    let chain = certs(&files.cert)?;
+    let key = KeyPair::from_pem(&read_string(&files.key)?)?;
+    let x509 = parse(&files.cert, &chain[0])?;
+    if x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(CaError::KeyMismatch { cert: cert_path, key: files.key.display().to_string() });
+    }
+    if !x509.is_ca() {
+        return Err(CaError::NotCa(cert_path));
+    }
+    let not_after = x509.validity().not_after.timestamp();
+    if not_after <= unix(SystemTime::now()) as i64 {
+        return Err(CaError::Expired { path: cert_path, not_after });
+    }
+    let parsed = chain.iter().map(|c| parse(&files.cert, c)).collect::<Result<Vec<_>, _>>()?;
+    for pair in parsed.windows(2) {
+        if pair[0].verify_signature(Some(pair[1].public_key())).is_err() {
+            return Err(CaError::Parse(cert_path, format!("{} is not signed by the next certificate", pair[0].subject())));
+        }
+    }
+    let mut anchors_der = Vec::new();
+    if let Some(anchors_path) = &files.anchors {
+        anchors_der = certs(anchors_path)?;
+        let anchors = anchors_der.iter().map(|a| parse(anchors_path, a)).collect::<Result<Vec<_>, _>>()?;
+        let top = &chain[chain.len() - 1];
+        let top_parsed = &parsed[parsed.len() - 1];
+        let trusted = anchors_der.iter().any(|a| a == top)
+            || anchors.iter().any(|a| top_parsed.verify_signature(Some(a.public_key())).is_ok());
+        if !trusted {
+            return Err(CaError::Untrusted { cert: cert_path, anchors: anchors_path.display().to_string() });
+        }
+    }
+    let subject = x509.subject().to_string();
+    let not_after = UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
+    let chain_der = chain.iter().filter(|c| !anchors_der.contains(c)).map(|c| c.to_vec()).collect();
+    let issuer = Issuer::from_ca_cert_der(&chain[0], key)?;
+    Ok(Current { issuer, chain_der, not_after, subject })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr() -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        // What the CSR asks for is ignored.
+        p.subject_alt_names = vec![SanType::URI("spiffe://evil/ns/kube-system/sa/admin".try_into().unwrap())];
+        p.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn creates_signs_and_keeps_its_anchor_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(dir.path().join(ANCHORS_FILE).exists());
+        use std::os::unix::fs::PermissionsExt;
+        for key in [ISSUER_KEY_FILE, ANCHOR_KEY_FILE] {
+            let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{key} is private");
+        }
+        let s = ca.sign(&csr(), "spiffe://cluster.local/ns/demo/sa/orders").unwrap();
+        assert_eq!(s.chain_der.len(), 1);
+        let leaf = parse(Path::new("leaf"), &s.leaf_der).unwrap();
+        let uris: Vec<String> = leaf
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(uris, ["URI(spiffe://cluster.local/ns/demo/sa/orders)"]);
+        assert!(!leaf.is_ca());
+        let now = unix(SystemTime::now()) as i64;
+        assert!((leaf.validity().not_after.timestamp() - now - 60).abs() <= 2);
+        assert!(leaf.validity().not_before.timestamp() <= now - BACKDATE.as_secs() as i64 + 2);
+        // The leaf chains to the anchor through the issuer.
+        let issuer = parse(Path::new("issuer"), &s.chain_der[0]).unwrap();
+        leaf.verify_signature(Some(issuer.public_key())).unwrap();
+
+        let anchors = std::fs::read(dir.path().join(ANCHORS_FILE)).unwrap();
+        let _ = Ca::load_or_create(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(anchors, std::fs::read(dir.path().join(ANCHORS_FILE)).unwrap());
+        assert!(matches!(ca.sign(b"garbage", "spiffe://td/ns/a/sa/b"), Err(CaError::Csr(_))));
+    }
+
+    #[test]
+    fn reloads_a_new_issuer_and_refuses_one_that_would_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path(), Duration::from_secs(60)).unwrap();
+        let first = ca.issuer_subject();
+        assert!(!ca.reload_if_changed().unwrap(), "nothing changed");
+
+        // A second issuer from the same anchor replaces the first.
+        let anchor = std::fs::read_to_string(dir.path().join(ANCHORS_FILE)).unwrap();
+        let anchor_key = std::fs::read_to_string(dir.path().join(ANCHOR_KEY_FILE)).unwrap();
+        let (c, k) = new_issuer(&anchor, &anchor_key, "issuer two").unwrap();
+        write(&ca.files().cert, &c, false).unwrap();
+        // The certificate without its key: refused, the current issuer keeps signing.
+        assert!(matches!(ca.reload_if_changed(), Err(CaError::KeyMismatch { .. })));
+        assert_eq!(ca.issuer_subject(), first);
+        ca.sign(&csr(), "spiffe://td/ns/a/sa/b").unwrap();
+        write(&ca.files().key, &k, true).unwrap();
+        assert!(ca.reload_if_changed().unwrap());
+        assert_eq!(ca.issuer_subject(), "CN=issuer two");
+
+        // An issuer from an anchor the proxies do not trust is refused.
+        let (other_anchor, other_key) = new_anchor("other").unwrap();
+        let (c, k) = new_issuer(&other_anchor, &other_key, "issuer three").unwrap();
+        write(&ca.files().key, &k, true).unwrap();
+        write(&ca.files().cert, &c, false).unwrap();
+        assert!(matches!(ca.reload_if_changed(), Err(CaError::Untrusted { .. })));
+        assert!(!ca.reload_if_changed().unwrap(), "a refused edit is reported once");
+        assert_eq!(ca.issuer_subject(), "CN=issuer two");
+        // ... until the anchors bundle holds its anchor too.
+        let bundle = format!("{anchor}{other_anchor}");
+        write(dir.path().join(ANCHORS_FILE).as_path(), &bundle, false).unwrap();
+        assert!(ca.reload_if_changed().unwrap());
+        assert_eq!(ca.issuer_subject(), "CN=issuer three");
+    }
+
+    #[test]
+    fn a_leaf_never_outlives_its_issuer_and_an_expired_issuer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (anchor, anchor_key) = new_anchor("a").unwrap();
+        let anchor_kp = KeyPair::from_pem(&anchor_key).unwrap();
+        let signer = Issuer::from_ca_cert_pem(&anchor, anchor_kp).unwrap();
+        let issuer_with = |lifetime_from_now: i64| {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, "short");
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.not_before = (SystemTime::now() - Duration::from_secs(3600)).into();
+            let now = SystemTime::now();
+            p.not_after = if lifetime_from_now >= 0 {
+                now + Duration::from_secs(lifetime_from_now as u64)
+            } else {
+                now - Duration::from_secs((-lifetime_from_now) as u64)
+            }
+            .into();
+            (p.signed_by(&key, &signer).unwrap().pem(), key.serialize_pem())
+        };
+        let files = IssuerFiles {
+            cert: dir.path().join("i.pem"),
+            key: dir.path().join("k.pem"),
+            anchors: Some(dir.path().join("a.pem")),
+        };
+        write(files.anchors.as_ref().unwrap(), &anchor, false).unwrap();
+        let (c, k) = issuer_with(600);
+        write(&files.cert, &c, false).unwrap();
+        write(&files.key, &k, true).unwrap();
+        let ca = Ca::from_files(files.clone(), DEFAULT_LEAF_LIFETIME).unwrap();
+        let s = ca.sign(&csr(), "spiffe://td/ns/a/sa/b").unwrap();
+        assert_eq!(s.not_after_unix, ca.issuer_not_after_unix());
+
+        let (c, k) = issuer_with(-60);
+        write(&files.cert, &c, false).unwrap();
+        write(&files.key, &k, true).unwrap();
+        assert!(matches!(ca.reload_if_changed(), Err(CaError::Expired { .. })));
+        assert!(matches!(Ca::from_files(files, DEFAULT_LEAF_LIFETIME), Err(CaError::Expired { .. })));
+    }
+}
