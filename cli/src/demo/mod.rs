@@ -124,32 +124,44 @@ services:
     std::fs::write(&mesh_path, mesh)?;
 
     let mut procs = Vec::new();
+    let state = dir.join("state");
+    // With a controller, every proxy gets a certificate and proxies speak mutual TLS.
+    let mut identity: Option<String> = None;
     let discovery: (&str, String) = match (a.no_controller, sibling("strait-controller")) {
         (false, Ok(ctl)) => {
             let disc = free_addr()?;
+            let ident = free_addr()?;
+            identity = Some(ident.to_string());
             let args = vec![
                 "--mesh-file".into(),
                 mesh_path.display().to_string(),
                 "--state-dir".into(),
-                dir.join("state").display().to_string(),
+                state.display().to_string(),
                 "--discovery-addr".into(),
                 disc.to_string(),
                 "--identity-addr".into(),
-                free_addr()?.to_string(),
+                ident.to_string(),
                 "--admin-addr".into(),
                 free_addr()?.to_string(),
                 "--webhook-addr".into(),
                 free_addr()?.to_string(),
             ];
             procs.push(spawn(&dir, "controller", &ctl, &args, &[])?);
-            println!("controller    discovery on {disc}");
+            println!("controller    discovery on {disc}, identity on {ident}");
+            let anchors = state.join("trust-anchors.pem");
+            for _ in 0..100 {
+                if anchors.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             ("STRAIT_DISCOVERY_ADDR", disc.to_string())
         }
         _ => ("STRAIT_DISCOVERY_FILE", mesh_path.display().to_string()),
     };
 
     for w in &workloads {
-        let env = vec![
+        let mut env = vec![
             ("STRAIT_OUTBOUND_ADDR", w.outbound.to_string()),
             ("STRAIT_INBOUND_ADDR", w.inbound.to_string()),
             ("STRAIT_ADMIN_ADDR", w.admin.to_string()),
@@ -159,6 +171,13 @@ services:
             (discovery.0, discovery.1.clone()),
             ("STRAIT_LOG", "warn".to_string()),
         ];
+        if let Some(ident) = &identity {
+            let token = dir.join(format!("{}.token", w.name));
+            std::fs::write(&token, format!("demo-{}", w.name))?;
+            env.push(("STRAIT_IDENTITY_ADDR", ident.clone()));
+            env.push(("STRAIT_TRUST_ANCHORS", state.join("trust-anchors.pem").display().to_string()));
+            env.push(("STRAIT_IDENTITY_TOKEN_FILE", token.display().to_string()));
+        }
         procs.push(spawn(&dir, &format!("proxy-{}", w.name), &proxy_bin, &[], &env)?);
         println!("proxy {:<8} outbound {}  inbound {}  admin {}", w.name, w.outbound, w.inbound, w.admin);
     }
@@ -168,6 +187,9 @@ services:
     println!("apps          orders-1 {}  orders-2 {}  payments {}", orders1.addr, orders2.addr, payments.addr);
     println!("logs          {}\n", dir.display());
     println!("client 'web' sends {} req/s through its sidecar to orders.demo:8080 and payments.demo:8080", a.rps);
+    if identity.is_some() {
+        println!("every hop between sidecars is mutual TLS; the apps see the caller as spiffe://cluster.local/ns/demo/sa/web");
+    }
     println!("try: curl -x http://{} http://orders.demo:8080/\n", workloads[0].outbound);
 
     load::spawn(workloads[0].outbound, vec!["http://orders.demo:8080/order", "http://payments.demo:8080/pay"], a.rps);
