@@ -4,16 +4,17 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::{CaSource, Config, IdentityConfig, identity::ca::IssuerFiles, logging::LogFormat};
+use crate::{CaSource, Config, IdentityConfig, identity::ca::IssuerFiles, k8s, logging::LogFormat};
+
+/// Set in every Kubernetes pod; where it is, Kubernetes mode is the default.
+pub const IN_CLUSTER_ENV: &str = "KUBERNETES_SERVICE_HOST";
 
 /// The state directory's name when `--state-dir` is not given: next to the mesh file.
 pub const DEFAULT_STATE_DIR_NAME: &str = "strait-state";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CliError {
-    #[error("Kubernetes mode is not built yet; run the embedded mode with --mesh-file FILE")]
-    KubernetesNotBuilt,
-    #[error("no mesh to serve: give --mesh-file FILE (Kubernetes mode, --kubernetes, is not built yet)")]
+    #[error("no mesh to serve: give --mesh-file FILE (embedded mode) or --kubernetes")]
     NoSource,
 }
 
@@ -29,9 +30,18 @@ pub struct Args {
     /// file's directory.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Kubernetes mode: watch the cluster's Services, EndpointSlices and Pods (not built yet).
+    /// Kubernetes mode: watch the cluster's Services, EndpointSlices and Pods. The default when
+    /// run in a pod without --mesh-file.
     #[arg(long)]
     pub kubernetes: bool,
+    /// Kubernetes mode with this kubeconfig (its current context) instead of the in-cluster
+    /// configuration.
+    #[arg(long, value_name = "FILE", conflicts_with = "mesh_file")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the SPIFFE trust domain of the workloads' identities (a mesh file names
+    /// its own).
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local", conflicts_with = "mesh_file")]
+    pub trust_domain: String,
     /// Discovery gRPC listen address.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8086")]
     pub discovery_addr: SocketAddr,
@@ -68,10 +78,19 @@ pub struct Args {
 impl Args {
     /// The run configuration these flags ask for.
     pub fn config(&self) -> Result<Config, CliError> {
-        if self.kubernetes {
-            return Err(CliError::KubernetesNotBuilt);
-        }
-        let mesh_file = self.mesh_file.clone().ok_or(CliError::NoSource)?;
+        self.config_in(std::env::var_os(IN_CLUSTER_ENV).is_some())
+    }
+
+    /// [`Args::config`] for a process that runs in a pod (`in_pod`) or not.
+    fn config_in(&self, in_pod: bool) -> Result<Config, CliError> {
+        let kubernetes = self.kubernetes || self.kubeconfig.is_some() || (self.mesh_file.is_none() && in_pod);
+        let base = if kubernetes {
+            let options = k8s::Options { kubeconfig: self.kubeconfig.clone(), trust_domain: self.trust_domain.clone() };
+            Config::kubernetes(options)
+        } else {
+            Config::embedded(self.mesh_file.clone().ok_or(CliError::NoSource)?)
+        };
+        let mesh_file = base.mesh_file.clone();
         let ca = match (&self.trust_anchors, &self.issuer_cert, &self.issuer_key) {
             (Some(anchors), Some(cert), Some(key)) => {
                 CaSource::Files(IssuerFiles { cert: cert.clone(), key: key.clone(), anchors: Some(anchors.clone()) })
@@ -81,12 +100,16 @@ impl Args {
             })),
         };
         let identity = IdentityConfig { addr: self.identity_addr, ca, cert_lifetime: self.cert_lifetime };
+        // In Kubernetes mode nothing is created in a pod's working directory: the issuer comes from
+        // files (a Secret) or an explicit --state-dir, else identity is not served.
+        let identity = (!kubernetes || matches!(identity.ca, CaSource::Files(_)) || self.state_dir.is_some())
+            .then_some(identity);
         Ok(Config {
             discovery_addr: self.discovery_addr,
             admin_addr: self.admin_addr,
             cluster_domain: self.cluster_domain.clone(),
-            identity: Some(identity),
-            ..Config::embedded(mesh_file)
+            identity,
+            ..base
         })
     }
 }
@@ -184,10 +207,22 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_mode_is_refused_clearly() {
-        assert_eq!(args(&["--kubernetes"]).unwrap().config().unwrap_err(), CliError::KubernetesNotBuilt);
-        assert_eq!(args(&[]).unwrap().config().unwrap_err(), CliError::NoSource);
+    fn kubernetes_mode() {
+        let k = |a: &[&str], in_pod| args(a).unwrap().config_in(in_pod).unwrap().kubernetes;
+        let options = k(&["--kubernetes"], false).unwrap();
+        assert_eq!(options, k8s::Options { kubeconfig: None, trust_domain: "cluster.local".into() });
+        let options = k(&["--kubeconfig=/k", "--trust-domain=example.org"], false).unwrap();
+        assert_eq!(options, k8s::Options { kubeconfig: Some("/k".into()), trust_domain: "example.org".into() });
+        // In a pod, Kubernetes mode is the default; a mesh file still wins.
+        assert!(k(&[], true).is_some());
+        assert!(k(&["--mesh-file=m"], true).is_none());
+        // Identity is served in Kubernetes mode only with an issuer to sign with.
+        assert!(args(&["--kubernetes"]).unwrap().config_in(false).unwrap().identity.is_none());
+        assert!(args(&["--kubernetes", "--state-dir=/s"]).unwrap().config_in(false).unwrap().identity.is_some());
+
+        assert_eq!(args(&[]).unwrap().config_in(false).unwrap_err(), CliError::NoSource);
         assert!(args(&["--kubernetes", "--mesh-file", "m"]).is_err());
+        assert!(args(&["--kubeconfig", "k", "--mesh-file", "m"]).is_err());
         assert!(args(&["--mesh-file", "m", "--log-format", "xml"]).is_err());
     }
 }

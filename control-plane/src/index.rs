@@ -14,7 +14,7 @@ use strait_proto::discovery::v1 as pb;
 
 use crate::{
     authority::{self, Authority, Host, ServiceName},
-    model::{InboundMode, Mesh, Protocol, Service, ServicePort, Workload, WorkloadRef},
+    model::{Endpoint, InboundMode, Mesh, Protocol, Service, ServicePort, Workload, WorkloadRef},
     policy::{self, AnnotationError},
 };
 
@@ -173,9 +173,14 @@ fn spiffe_id(trust_domain: &str, w: &Workload) -> String {
     format!("spiffe://{trust_domain}/ns/{}/sa/{}", w.namespace, w.service_account)
 }
 
-/// The endpoint's address for a service port: its own, with the port's target port when set.
-fn target_address(address: SocketAddr, port: &ServicePort) -> SocketAddr {
-    port.target_port.map_or(address, |tp| SocketAddr::new(address.ip(), tp))
+/// The endpoint's address for a service port: its own, with the port's target port when set; with
+/// the endpoint's own port for it when the source gave ports per endpoint, and `None` when the
+/// endpoint does not serve that port.
+fn target_address(e: &Endpoint, port: &ServicePort) -> Option<SocketAddr> {
+    if !e.ports.is_empty() {
+        return e.ports.get(&port.port).map(|&p| SocketAddr::new(e.address.ip(), p));
+    }
+    Some(port.target_port.map_or(e.address, |tp| SocketAddr::new(e.address.ip(), tp)))
 }
 
 fn port_snapshot(
@@ -189,20 +194,21 @@ fn port_snapshot(
     let mut endpoints: Vec<pb::Endpoint> = service
         .endpoints
         .iter()
-        .map(|e| {
+        .filter_map(|e| {
+            let address = target_address(e, port)?;
             let workload = e.workload.as_ref().and_then(|r| workloads.get(&workload_key(&r.namespace, &r.name)));
             let identity = match (e.proxy, workload) {
                 (Some(_), Some(w)) => spiffe_id(&mesh.trust_domain, w),
                 _ => String::new(),
             };
-            pb::Endpoint {
-                address: target_address(e.address, port).to_string(),
+            Some(pb::Endpoint {
+                address: address.to_string(),
                 proxy_address: e.proxy.map(|p| p.to_string()).unwrap_or_default(),
                 zone: e.zone.clone().unwrap_or_default(),
                 weight: e.weight.unwrap_or(1),
                 identity,
                 workload: e.workload.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
-            }
+            })
         })
         .collect();
     // A source's order means nothing; sorting keeps a reordering from looking like a change.
@@ -229,8 +235,10 @@ fn inbound_policy(mesh: &Mesh, w: &Workload) -> pb::InboundPolicy {
     for s in &mesh.services {
         for port in s.ports.iter().filter(|p| p.protocol == Protocol::Opaque) {
             for e in &s.endpoints {
-                if e.workload.as_ref().is_some_and(|r| workload_key(&r.namespace, &r.name) == me) {
-                    opaque.insert(u32::from(target_address(e.address, port).port()));
+                if e.workload.as_ref().is_some_and(|r| workload_key(&r.namespace, &r.name) == me)
+                    && let Some(address) = target_address(e, port)
+                {
+                    opaque.insert(u32::from(address.port()));
                 }
             }
         }

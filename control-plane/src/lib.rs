@@ -1,5 +1,5 @@
 //! strait-controller: the Strait control plane. It serves discovery to the proxies over gRPC from a
-//! source-independent mesh model, fed today by the embedded mesh file (Kubernetes watchers later),
+//! source-independent mesh model, fed by the embedded mesh file or by Kubernetes watchers ([`k8s`]),
 //! and signs the proxies' certificates (`Identity.Certify`) when [`Config::identity`] is set.
 //!
 //! [`start`] binds every listener, loads the mesh and returns a running [`Controller`]; tests run
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod discovery;
 pub mod identity;
 pub mod index;
+pub mod k8s;
 pub mod logging;
 pub mod mesh_file;
 pub mod metrics;
@@ -41,6 +42,8 @@ pub enum Error {
     #[error(transparent)]
     MeshFile(#[from] mesh_file::MeshFileError),
     #[error(transparent)]
+    Kubernetes(#[from] k8s::Error),
+    #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     #[error("discovery server: {0}")]
     Discovery(#[from] tonic::transport::Error),
@@ -64,6 +67,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub push_interval: Duration,
     pub limits: discovery::Limits,
+    /// Kubernetes mode: the mesh comes from the cluster, and `mesh_file` is not read.
+    pub kubernetes: Option<k8s::Options>,
     /// Serve `Identity.Certify` (the command line always does); `None` serves discovery only.
     pub identity: Option<IdentityConfig>,
 }
@@ -97,8 +102,14 @@ impl Config {
             poll_interval: mesh_file::DEFAULT_POLL_INTERVAL,
             push_interval: store::DEFAULT_PUSH_INTERVAL,
             limits: discovery::Limits::default(),
+            kubernetes: None,
             identity: None,
         }
+    }
+
+    /// Kubernetes mode, with the default addresses and timings.
+    pub fn kubernetes(options: k8s::Options) -> Self {
+        Self { kubernetes: Some(options), ..Self::embedded(PathBuf::new()) }
     }
 }
 
@@ -113,12 +124,24 @@ pub struct Controller {
 }
 
 /// Binds the listeners, loads the mesh file (a bad one is an error, with its line) and starts
-/// serving. Returns once the first mesh is published, so the controller is ready.
+/// serving. Returns once the first mesh is published, so the controller is ready. In Kubernetes
+/// mode it returns once serving, without waiting for the cluster: `/ready` tells when the first
+/// full list of every watched kind is in, and discovery answers nothing before.
 pub async fn start(config: Config) -> Result<Controller, Error> {
     let metrics = Arc::new(Metrics::new()?);
-    let (loaded, fingerprint) = mesh_file::load(&config.mesh_file).await.inspect_err(|_| {
-        metrics.config_reloads.with_label_values(&["error"]).inc();
-    })?;
+    let kubernetes = match &config.kubernetes {
+        Some(options) => Some((k8s::client::connect(options.kubeconfig.as_deref()).await?, options.clone())),
+        None => None,
+    };
+    let (loaded, fingerprint) = match kubernetes {
+        Some(_) => (mesh_file::Loaded { mesh: model::Mesh::default(), tokens: Default::default() }, None),
+        None => {
+            let (loaded, fingerprint) = mesh_file::load(&config.mesh_file).await.inspect_err(|_| {
+                metrics.config_reloads.with_label_values(&["error"]).inc();
+            })?;
+            (loaded, Some(fingerprint))
+        }
+    };
     let mesh = loaded.mesh;
     let (tokens_tx, tokens) = tokio::sync::watch::channel(Arc::new(loaded.tokens));
     metrics.config_reloads.with_label_values(&["ok"]).inc();
@@ -146,7 +169,9 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
     let shutdown = CancellationToken::new();
     let (store, mut snapshots, publisher) = store::new(&config.cluster_domain, config.push_interval, metrics.clone());
     let (services, endpoints, workloads) = mesh.counts();
-    store.publish(mesh);
+    if kubernetes.is_none() {
+        store.publish(mesh);
+    }
 
     let mut tasks = JoinSet::new();
     tasks.spawn(named("publisher", {
@@ -156,21 +181,30 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             Ok(())
         }
     }));
-    tasks.spawn(named("mesh file watcher", {
-        let watch = mesh_file::watch(
-            config.mesh_file.clone(),
-            config.poll_interval,
-            fingerprint,
-            store,
-            tokens_tx,
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        async move {
+    if let Some((client, options)) = kubernetes.clone() {
+        let settings = k8s::Settings { trust_domain: options.trust_domain, ..k8s::Settings::default() };
+        let watch = k8s::run(client, settings, store, metrics.clone(), config.push_interval, shutdown.clone());
+        tasks.spawn(named("Kubernetes watcher", async move {
             watch.await;
             Ok(())
-        }
-    }));
+        }));
+    } else if let Some(fingerprint) = fingerprint {
+        tasks.spawn(named("mesh file watcher", {
+            let watch = mesh_file::watch(
+                config.mesh_file.clone(),
+                config.poll_interval,
+                fingerprint,
+                store,
+                tokens_tx,
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            async move {
+                watch.await;
+                Ok(())
+            }
+        }));
+    }
     let service = DiscoveryService::new(snapshots.clone(), metrics.clone(), config.limits);
     let incoming = tonic::transport::server::TcpIncoming::from(discovery_listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
@@ -214,6 +248,10 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         }
     }));
 
+    if kubernetes.is_some() {
+        tracing::info!(%discovery_addr, %admin_addr, "controller serving from Kubernetes once the first lists are in");
+        return Ok(Controller { discovery_addr, admin_addr, identity_addr, metrics, shutdown, tasks });
+    }
     if snapshots.wait_for(|s| s.loaded).await.is_err() {
         return Err(Error::TaskEnded("publisher"));
     }

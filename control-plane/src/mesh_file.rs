@@ -191,6 +191,7 @@ fn endpoint(mesh: &MeshFile, service: &file::Service, e: &file::Endpoint) -> Res
         workload: e.workload.as_deref().map(|name| workload_ref(mesh, &service.namespace, name)),
         zone: e.zone.clone().filter(|z| !z.is_empty()),
         weight: e.weight,
+        ports: BTreeMap::new(),
     })
 }
 

@@ -22,8 +22,15 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `strait_controller_annotation_errors_total{annotation}`.
     pub annotation_errors: IntCounterVec,
-    /// `strait_controller_watched_objects{kind="services"|"endpoints"|"workloads"}`.
+    /// `strait_controller_watched_objects{kind}`: in the served mesh, `services`, `endpoints` and
+    /// `workloads`; in Kubernetes mode also the objects in the reflector stores, by Kubernetes kind
+    /// (`Service`, `EndpointSlice`, `Pod`).
     pub watched_objects: IntGaugeVec,
+    /// `strait_controller_watch_lists_total{kind}`: complete lists of a Kubernetes kind (the first,
+    /// then one after each watch that could not resume, such as 410 Gone).
+    pub watch_lists: IntCounterVec,
+    /// `strait_controller_watch_errors_total{kind}`: failed Kubernetes lists and watches.
+    pub watch_errors: IntCounterVec,
     /// `strait_controller_push_duration_seconds`: from a mesh change to its update written to a stream.
     pub push_duration: Histogram,
     /// `strait_controller_subscriptions`: authorities subscribed to, over all streams.
@@ -66,6 +73,14 @@ impl Metrics {
                 Opts::new("strait_controller_watched_objects", "Objects in the served mesh, by kind"),
                 &["kind"],
             )?,
+            watch_lists: IntCounterVec::new(
+                Opts::new("strait_controller_watch_lists_total", "Complete lists of a Kubernetes kind, by kind"),
+                &["kind"],
+            )?,
+            watch_errors: IntCounterVec::new(
+                Opts::new("strait_controller_watch_errors_total", "Failed Kubernetes lists and watches, by kind"),
+                &["kind"],
+            )?,
             push_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "strait_controller_push_duration_seconds",
@@ -102,6 +117,8 @@ impl Metrics {
         m.registry.register(Box::new(m.config_reloads.clone()))?;
         m.registry.register(Box::new(m.annotation_errors.clone()))?;
         m.registry.register(Box::new(m.watched_objects.clone()))?;
+        m.registry.register(Box::new(m.watch_lists.clone()))?;
+        m.registry.register(Box::new(m.watch_errors.clone()))?;
         m.registry.register(Box::new(m.push_duration.clone()))?;
         m.registry.register(Box::new(m.subscriptions.clone()))?;
         m.registry.register(Box::new(m.streams.clone()))?;

@@ -1,7 +1,7 @@
 //! The mesh as the controller sees it, whatever it was read from: services with their ports and
 //! endpoints, and the workloads that may hold an identity.
 //!
-//! Sources (the mesh file now, Kubernetes reflectors later) each build a whole [`Mesh`] and hand it
+//! Sources (the mesh file, the Kubernetes reflectors) each build a whole [`Mesh`] and hand it
 //! to the [`crate::store`]; nothing downstream knows where it came from.
 
 use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr};
@@ -55,6 +55,11 @@ pub struct Endpoint {
     pub workload: Option<WorkloadRef>,
     pub zone: Option<String>,
     pub weight: Option<u32>,
+    /// The endpoint's own port per service port, for sources that know it per endpoint (Kubernetes:
+    /// an EndpointSlice's ports, named target ports resolved per pod). When not empty, the endpoint
+    /// serves exactly the service ports listed here, at `address`'s IP; when empty, it serves every
+    /// port of its service at `address` (or at the port's `target_port`).
+    pub ports: BTreeMap<u16, u16>,
 }
 
 /// Names a workload: its namespace and name.

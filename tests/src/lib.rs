@@ -5,6 +5,7 @@
 pub mod client;
 pub mod dir;
 pub mod fixtures;
+pub mod kube_api;
 pub mod metrics;
 pub mod net;
 pub mod netns;

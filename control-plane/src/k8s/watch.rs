@@ -1,0 +1,112 @@
+//! One `runtime::watcher` per kind, feeding a reflector store, over all namespaces.
+//!
+//! The watcher lists (in pages of 500), then watches from the list's resourceVersion with
+//! bookmarks; when the API server ends a watch with 410 Gone (the version is too old) it lists
+//! again. The reflector swaps the new list in only once it is complete, so a re-list never shows
+//! proxies a half-empty cluster. Errors are retried with kube's default backoff (from 0.8 s, jittered,
+//! up to 30 s) and counted.
+
+use std::{fmt::Debug, future::Future, sync::Arc};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::{core::v1::Pod, core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Written by `kubectl apply`: a copy of the whole object, read by nothing here.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What a watch task reports to.
+pub struct Watcher {
+    pub kind: &'static str,
+    /// Notified after each change to the store (and after each complete list).
+    pub changed: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+impl Watcher {
+    /// The store, and the task that fills it (run it until `shutdown`). `trim` drops what the
+    /// conversion never reads before an object is stored, to keep the controller's memory small.
+    pub fn start<K>(self, api: Api<K>, trim: fn(&mut K)) -> (reflector::Store<K>, impl Future<Output = ()> + Send + 'static)
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let store = reader.clone();
+        let stream = watcher(api, watcher::Config::default()).default_backoff().modify(trim).reflect(writer);
+        let task = async move {
+            let Self { kind, changed, metrics, shutdown } = self;
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    event = stream.next() => event,
+                };
+                match event {
+                    None => return,
+                    Some(Ok(watcher::Event::Init)) => tracing::debug!(kind, "listing"),
+                    Some(Ok(watcher::Event::InitApply(_))) => {}
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        metrics.watch_lists.with_label_values(&[kind]).inc();
+                        tracing::info!(kind, objects = reader.len(), "listed");
+                        changed.notify_one();
+                    }
+                    Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => changed.notify_one(),
+                    Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
+                        metrics.watch_errors.with_label_values(&[kind]).inc();
+                        tracing::info!(kind, message = %status.message, "watch expired (410 Gone); listing again");
+                    }
+                    Some(Err(e)) => {
+                        metrics.watch_errors.with_label_values(&[kind]).inc();
+                        tracing::warn!(kind, error = %e, "watch failed; retrying with backoff, the last known objects keep serving");
+                    }
+                }
+            }
+        };
+        (store, task)
+    }
+}
+
+fn trim_meta<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object.annotations_mut().remove(LAST_APPLIED);
+}
+
+/// Services: everything but the bookkeeping (annotations carry the policy).
+pub fn trim_service(s: &mut Service) {
+    trim_meta(s);
+    s.status = None;
+}
+
+pub fn trim_slice(s: &mut EndpointSlice) {
+    trim_meta(s);
+    s.metadata.annotations = None;
+}
+
+/// Pods: the conversion reads the sidecar's presence, the service account, container ports and the
+/// phase; the rest of the status and of the containers' specs (images, env, probes) goes.
+pub fn trim_pod(p: &mut Pod) {
+    trim_meta(p);
+    if let Some(status) = &mut p.status {
+        *status = k8s_openapi::api::core::v1::PodStatus { phase: status.phase.take(), ..Default::default() };
+    }
+    if let Some(spec) = &mut p.spec {
+        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+            *c = k8s_openapi::api::core::v1::Container {
+                name: std::mem::take(&mut c.name),
+                ports: c.ports.take(),
+                restart_policy: c.restart_policy.take(),
+                ..Default::default()
+            };
+        }
+        spec.volumes = None;
+    }
+}
