@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use strait_tests::{
-    HttpResponse, Process, ProxyHandle, TestDir, bin, echo, free_addr, http_get, http_get_via_proxy, metrics,
+    HttpResponse, Process, ProxyHandle, TestDir, echo, free_addr, http_get, http_get_via_proxy, metrics,
     proxy_named, send_http1, testsrv_in,
 };
 
@@ -48,7 +48,7 @@ impl App {
 struct Mesh {
     dir: TestDir,
     mesh_path: std::path::PathBuf,
-    _ctl: Process,
+    _ctl: strait_tests::fixtures::ControllerHandle,
     client: ProxyHandle,
     server: ProxyHandle,
 }
@@ -85,28 +85,12 @@ fn mesh_yaml(services: &[Svc<'_>]) -> String {
 impl Mesh {
     async fn start() -> Mesh {
         let dir = TestDir::new("resilience");
-        let mesh_path = dir.join("mesh.yaml");
-        std::fs::write(&mesh_path, "services: []\n").unwrap();
-        let (disc, admin) = (free_addr(), free_addr());
-        let (m, d, a, i, w) = (
-            mesh_path.to_str().unwrap().to_string(),
-            disc.to_string(),
-            admin.to_string(),
-            free_addr().to_string(),
-            free_addr().to_string(),
-        );
-        let ctl = Process::spawn(
-            "controller",
-            bin("strait-controller"),
-            &["--mesh-file", &m, "--discovery-addr", &d, "--admin-addr", &a, "--identity-addr", &i, "--webhook-addr", &w],
-            &[("STRAIT_LOG", "info")],
-            dir.path(),
-        );
-        strait_tests::wait_for_http_ok(&format!("http://{admin}/ready"), Duration::from_secs(20)).await.unwrap();
+        let ctl = strait_tests::fixtures::controller(dir.path(), "services: []\n", &[]).await;
+        let d = ctl.discovery.to_string();
         let env = [("STRAIT_DISCOVERY_ADDR", d.as_str()), ("STRAIT_NAMESPACE", "demo"), ("STRAIT_LOG", "info")];
         let server = proxy_named("server", &env).await;
         let client = proxy_named("client", &env).await;
-        Mesh { dir, mesh_path, _ctl: ctl, client, server }
+        Mesh { mesh_path: ctl.mesh_file.clone(), dir, _ctl: ctl, client, server }
     }
 
     async fn app(&self, mode: &str, name: &str) -> App {
@@ -175,7 +159,13 @@ async fn a_failing_endpoint_is_ejected_and_a_probe_brings_it_back() {
     let m = Mesh::start().await;
     let apps = [m.app("http", "a").await, m.app("http", "b").await, m.app("http", "bad").await];
     apps[2].fault("status=500").await;
-    let ann = [("circuit.strait.io/consecutive-failures", "5"), ("circuit.strait.io/ejection-time", "500ms")];
+    // Round robin keeps sending the bad endpoint its share until the breaker acts (peak-EWMA would
+    // avoid it on its own, see the slow-endpoint test).
+    let ann = [
+        ("circuit.strait.io/consecutive-failures", "5"),
+        ("circuit.strait.io/ejection-time", "500ms"),
+        ("balancer.strait.io/algorithm", "round-robin"),
+    ];
     let eps = m.endpoints(&[&apps[0], &apps[1], &apps[2]]);
     m.publish(&[Svc { name: "web", port: 8080, protocol: "http", annotations: &ann, endpoints: eps }]).await;
     m.wait_served("http://web.demo:8080/").await;
@@ -394,7 +384,8 @@ async fn posts_retry_only_when_they_never_reached_the_server() {
     let m = Mesh::start().await;
     let (bad, good) = (m.app("http", "bad").await, m.app("http", "good").await);
     bad.fault("status=500").await;
-    let ann = [("retry.strait.io/http", "5xx,connect-failure")];
+    // Round robin: every other POST goes to the failing server.
+    let ann = [("retry.strait.io/http", "5xx,connect-failure"), ("balancer.strait.io/algorithm", "round-robin")];
     m.publish(&[Svc { name: "web", port: 8080, protocol: "http", annotations: &ann, endpoints: m.endpoints(&[&bad, &good]) }]).await;
     m.wait_served("http://web.demo:8080/").await;
     let post = |body: &'static str| {
@@ -418,9 +409,7 @@ async fn posts_retry_only_when_they_never_reached_the_server() {
     assert_eq!(m.metric("strait_retries_total", &[("dst_service", "web")]).await, retries_before);
 
     // An endpoint whose proxy refuses connections: the POST never reached a server, so it retries.
-    // Round robin makes sure the dead endpoint is chosen.
     let dead: SocketAddr = free_addr();
-    let ann = [("retry.strait.io/http", "5xx,connect-failure"), ("balancer.strait.io/algorithm", "round-robin")];
     m.publish(&[Svc {
         name: "web",
         port: 8080,
@@ -462,12 +451,19 @@ async fn grpc_unavailable_is_retried() {
 async fn a_policy_change_applies_without_a_restart() {
     let m = Mesh::start().await;
     let (bad, good) = (m.app("http", "bad").await, m.app("http", "good").await);
-    m.publish(&[Svc { name: "web", port: 8080, protocol: "http", annotations: &[], endpoints: m.endpoints(&[&bad, &good]) }]).await;
+    // Round robin: half the requests go to the failing server whatever its latency.
+    let rr = [("balancer.strait.io/algorithm", "round-robin")];
+    m.publish(&[Svc { name: "web", port: 8080, protocol: "http", annotations: &rr, endpoints: m.endpoints(&[&bad, &good]) }]).await;
     m.wait_served("http://web.demo:8080/").await;
     bad.fault("status=500").await;
     let rs = run(m.client.outbound, "http://web.demo:8080/", 100, 2).await;
     assert!(ok(&rs) < 100, "without retries some requests fail");
-    let ann = [("retry.strait.io/http", "5xx"), ("retry.strait.io/limit", "3")];
+    let ann = [
+        ("balancer.strait.io/algorithm", "round-robin"),
+        ("retry.strait.io/http", "5xx"),
+        ("retry.strait.io/limit", "3"),
+        ("retry.strait.io/budget", "60%"),
+    ];
     m.publish(&[Svc { name: "web", port: 8080, protocol: "http", annotations: &ann, endpoints: m.endpoints(&[&bad, &good]) }]).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let rs = run(m.client.outbound, "http://web.demo:8080/", 200, 2).await;

@@ -7,7 +7,8 @@
 //! a queue every request waits in, and requests parked in that queue when no endpoint is ready.
 //! This balancer keeps each endpoint's load in atomics shared by every connection, picks without
 //! locks or allocation, fails fast when nothing is available, and can avoid the endpoint that just
-//! failed when a request is retried. The cost function is the same as tower's `PeakEwma`.
+//! failed when a request is retried. The cost function is tower's `PeakEwma`, with one addition:
+//! failures count as slow responses.
 
 use std::{
     net::SocketAddr,
@@ -26,6 +27,10 @@ use crate::{discover::Endpoint, http::ProxyError};
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Decay of the moving average (tower's default): a slow spike is forgotten in tens of seconds.
 const DECAY: Duration = Duration::from_secs(10);
+/// A failed attempt (5xx, refused, reset) counts as a response this slow in the moving average, so
+/// a server that fails fast does not attract traffic by looking fast; the penalty decays like any
+/// latency, so the endpoint is tried again after a while.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// How many random pairs to draw before scanning for any available endpoint.
 const SAMPLES: usize = 4;
 
@@ -76,6 +81,12 @@ impl Pick {
     pub fn observe(&self) {
         let now = Instant::now();
         self.state.observe(now - self.started, (now - self.epoch).as_nanos() as u64);
+    }
+
+    /// Records a failed attempt: its latency, but at least [`FAILURE_PENALTY`].
+    pub fn observe_failure(&self) {
+        let now = Instant::now();
+        self.state.observe((now - self.started).max(FAILURE_PENALTY), (now - self.epoch).as_nanos() as u64);
     }
 }
 

@@ -212,7 +212,6 @@ impl Logical {
             Some(t) => tokio::time::timeout(t, fut).await.unwrap_or(Err(ProxyError::Timeout)),
             None => fut.await,
         };
-        pick.observe();
         let outcome = if retry::never_reached_server(&result) {
             Outcome::ConnectFailure
         } else {
@@ -221,6 +220,11 @@ impl Logical {
                 _ => Outcome::Failure,
             }
         };
+        if outcome == Outcome::Success {
+            pick.observe();
+        } else {
+            pick.observe_failure();
+        }
         let s = &pick.state;
         let c = &policy.circuit;
         let t = s.breaker.record(
