@@ -1,6 +1,8 @@
-//! strait-proto owns the control-plane API (gRPC discovery and identity) and the embedded mesh file schema.
+//! strait-proto owns the control-plane API (gRPC discovery and identity), the embedded mesh file
+//! schema, and the annotation policy parser both sides share.
 
 pub mod mesh;
+pub mod policy;
 
 pub mod discovery {
     pub mod v1 {

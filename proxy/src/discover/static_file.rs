@@ -1,6 +1,7 @@
 //! A mesh file (DESIGN §9) read by the proxy itself: discovery without a controller, for tests,
 //! demos and single-machine setups. The file is turned into the same snapshots the controller
-//! would send, so the data path cannot tell the difference.
+//! would send (endpoints, identities, policy from annotations), so the data path cannot tell the
+//! difference. What the file cannot say without a controller: certificates (no identity service).
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
@@ -76,7 +77,7 @@ fn snapshot(mesh: &MeshFile, svc: &strait_proto::mesh::Service, port: &strait_pr
             let identity = e
                 .workload
                 .as_ref()
-                .and_then(|w| mesh.workloads.iter().find(|x| &x.name == w))
+                .and_then(|w| workload(mesh, &svc.namespace, w))
                 .filter(|_| e.proxy.is_some())
                 .map(|w| format!("spiffe://{}/ns/{}/sa/{}", mesh.trust_domain, w.namespace, w.service_account))
                 .unwrap_or_default();
@@ -99,8 +100,28 @@ fn snapshot(mesh: &MeshFile, svc: &strait_proto::mesh::Service, port: &strait_pr
         protocol: protocol as i32,
         endpoints,
         routes: Vec::new(),
-        policy: None,
+        policy: Some(policy(svc)),
     }
+}
+
+/// The same policy the controller would send; problems are logged (the controller also counts them).
+fn policy(svc: &strait_proto::mesh::Service) -> pb::Policy {
+    let (policy, problems) = strait_proto::policy::from_annotations(&svc.annotations);
+    for p in problems {
+        tracing::warn!(service = %svc.name, namespace = %svc.namespace, "{p}; that field keeps its default");
+    }
+    policy
+}
+
+/// As the controller does: the workload of that name in the service's namespace, else the only one
+/// of that name in the file.
+fn workload<'a>(mesh: &'a MeshFile, namespace: &str, name: &str) -> Option<&'a strait_proto::mesh::Workload> {
+    let same_ns = mesh.workloads.iter().find(|w| w.name == name && w.namespace == namespace);
+    let mut by_name = mesh.workloads.iter().filter(|w| w.name == name);
+    same_ns.or_else(|| match (by_name.next(), by_name.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
