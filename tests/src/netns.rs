@@ -212,23 +212,23 @@ impl Netns {
     /// A TCP connection opened from inside this namespace, by the test process (as root, so the
     /// pod's OUTPUT rules apply to it like to any application).
     pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        self.run_in(move || connect_here(addr, timeout))?
+    }
+
+    /// Runs `f` on a thread that entered this namespace: every socket `f` creates lives in it (and
+    /// stays there after the thread ends). setns changes only the calling thread's namespace.
+    pub fn run_in<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> io::Result<R> {
         let path = self.path();
-        // setns changes only the calling thread's namespace: do it on a thread of its own. The socket
-        // stays in the namespace it was created in.
-        std::thread::spawn(move || -> io::Result<TcpStream> {
+        std::thread::spawn(move || -> io::Result<R> {
             let ns = File::open(&path)?;
-            // SAFETY: setns on a valid namespace fd; affects this short-lived thread only.
+            // SAFETY: setns on a valid namespace fd; affects this thread only.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let s = TcpStream::connect_timeout(&addr, timeout)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.set_write_timeout(Some(Duration::from_secs(10)))?;
-            Ok(s)
+            Ok(f())
         })
         .join()
-        .expect("connect thread panicked")
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     /// One HTTP/1.1 request on a fresh connection from inside this namespace.
@@ -248,6 +248,15 @@ impl Drop for Netns {
         kill_all_in(&self.name, &self.pids());
         let _ = run(&["ip", "netns", "del", &self.name]);
     }
+}
+
+/// A TCP connection from the calling thread's namespace, with no delay and 10 s I/O timeouts.
+pub fn connect_here(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
 }
 
 /// SIGKILL to each of these pids (all started by this test inside its own namespace), then a short

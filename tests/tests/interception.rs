@@ -458,65 +458,75 @@ fn init_without_privileges_fails_clearly_and_dry_run_needs_none() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// Report, not assert: the added latency of the transparent path over explicit proxy mode, same
-/// load — one client in pod a, one keep-alive connection, N sequential `GET /` (after a warm-up),
-/// each timed from the first byte written to the last byte read. Transparent: connect to the
-/// service IP (iptables redirects to a's outbound listener). Explicit: connect to 127.0.0.1:7140
-/// and send absolute-form requests naming `web.demo:8080`. Both then go a's proxy → b's proxy
-/// (its inbound port, not redirected) → the application.
+/// Report, not assert: the latency the transparent path adds over explicit proxy mode, same load.
+/// One client in pod a (a thread inside its namespace), sequential `GET /`, each timed from the
+/// first byte written (or the connect) to the last byte read; after a warm-up, `ROUNDS` rounds of
+/// `STRAIT_NETNS_BENCH_N` requests per case, interleaved so drift on a shared machine hits every case
+/// alike. Transparent: to the service IP (iptables redirects to a's outbound listener, which routes by
+/// the original destination). Explicit: to 127.0.0.1:7140 with absolute-form requests naming
+/// `web.demo:8080`. Both then go a's proxy → b's proxy (its inbound port, not redirected) → the
+/// application. Two loads: one keep-alive connection (the redirect costs only per-packet NAT), and
+/// a new connection per request (plus the redirect's connection setup and `SO_ORIGINAL_DST`).
 #[test]
 fn measure_transparent_vs_explicit_latency() {
     if !enabled("measure_transparent_vs_explicit_latency") {
         return;
     }
-    let n: usize = std::env::var("STRAIT_NETNS_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    const ROUNDS: usize = 5;
+    let n: usize = std::env::var("STRAIT_NETNS_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let m = mesh("latency", &[], &[], &[], &[]);
-    let run = |addr: SocketAddr, target: &str, host: &str| -> Vec<Duration> {
-        let mut c = Http1::new(m.a.connect(addr).unwrap());
-        for _ in 0..n / 10 {
-            assert_eq!(c.request("GET", target, host, &[]).unwrap().status, 200);
-        }
-        let mut times: Vec<Duration> = (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                let r = c.request("GET", target, host, &[]).unwrap();
-                let d = t.elapsed();
-                assert_eq!(r.status, 200);
-                d
-            })
-            .collect();
-        times.sort();
-        times
-    };
-    let transparent_addr: SocketAddr = format!("{WEB_IP4}:8080").parse().unwrap();
-    let explicit_addr = SocketAddr::from(([127, 0, 0, 1], netns::OUTBOUND_PORT));
-    // Interleave two rounds each so that drift on a shared machine hits both alike.
-    let mut t_all = Vec::new();
-    let mut e_all = Vec::new();
-    for _ in 0..2 {
-        t_all.extend(run(transparent_addr, "/", &format!("{WEB_IP4}:8080")));
-        e_all.extend(run(explicit_addr, "http://web.demo:8080/", "web.demo:8080"));
-    }
-    t_all.sort();
-    e_all.sort();
+    let transparent: SocketAddr = format!("{WEB_IP4}:8080").parse().unwrap();
+    let explicit = SocketAddr::from(([127, 0, 0, 1], netns::OUTBOUND_PORT));
+    let cases: [(&str, SocketAddr, &str, &str, bool); 4] = [
+        ("transparent, keep-alive", transparent, "/", "10.96.0.10:8080", false),
+        ("explicit, keep-alive", explicit, "http://web.demo:8080/", "web.demo:8080", false),
+        ("transparent, new conn", transparent, "/", "10.96.0.10:8080", true),
+        ("explicit, new conn", explicit, "http://web.demo:8080/", "web.demo:8080", true),
+    ];
+    let samples: Vec<Vec<Duration>> = m
+        .a
+        .ns
+        .run_in(move || {
+            let connect = |a: SocketAddr| netns::connect_here(a, Duration::from_secs(5)).unwrap();
+            let one = |c: &mut Http1, target: &str, host: &str, close: bool| {
+                let extra: &[(&str, &str)] = if close { &[("connection", "close")] } else { &[] };
+                let r = c.request("GET", target, host, extra).unwrap();
+                assert_eq!(r.status, 200, "{}", r.text());
+            };
+            let mut all = vec![Vec::new(); cases.len()];
+            for round in 0..=ROUNDS {
+                for (i, &(_, addr, target, host, fresh)) in cases.iter().enumerate() {
+                    // Round 0 warms up (connections between the proxies, discovery answers).
+                    let count = if round == 0 { n / 10 } else { n };
+                    let mut kept = (!fresh).then(|| Http1::new(connect(addr)));
+                    for _ in 0..count {
+                        let t = Instant::now();
+                        match &mut kept {
+                            Some(c) => one(c, target, host, false),
+                            None => one(&mut Http1::new(connect(addr)), target, host, true),
+                        }
+                        if round > 0 {
+                            all[i].push(t.elapsed());
+                        }
+                    }
+                }
+            }
+            all
+        })
+        .unwrap();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let row = |name: &str, v: &[Duration]| {
-        format!(
-            "{name:<12} n={} p50={:.0}us p90={:.0}us p99={:.0}us max={:.0}us",
-            v.len(),
-            us(percentile(v, 50.0)),
-            us(percentile(v, 90.0)),
-            us(percentile(v, 99.0)),
-            us(percentile(v, 100.0))
-        )
-    };
-    let added_p99 = us(percentile(&t_all, 99.0)) - us(percentile(&e_all, 99.0));
-    let added_p50 = us(percentile(&t_all, 50.0)) - us(percentile(&e_all, 50.0));
-    eprintln!(
-        "transparent vs explicit (one keep-alive connection, sequential, a → b through both proxies):\n  {}\n  {}\n  added by the transparent path: p50 {added_p50:+.0}us, p99 {added_p99:+.0}us",
-        row("transparent", &t_all),
-        row("explicit", &e_all)
-    );
+    let mut report = format!("transparent vs explicit, pod a → b through both proxies, {ROUNDS} rounds × {n} requests per case:\n");
+    let mut p = Vec::new();
+    for ((name, ..), mut v) in cases.iter().zip(samples) {
+        v.sort();
+        let (p50, p90, p99) = (us(percentile(&v, 50.0)), us(percentile(&v, 90.0)), us(percentile(&v, 99.0)));
+        report += &format!("  {name:<24} p50={p50:.0}us p90={p90:.0}us p99={p99:.0}us max={:.0}us\n", us(percentile(&v, 100.0)));
+        p.push((p50, p99));
+    }
+    for (label, t, e) in [("keep-alive", p[0], p[1]), ("new connection per request", p[2], p[3])] {
+        report += &format!("  added by the transparent path, {label}: p50 {:+.0}us, p99 {:+.0}us\n", t.0 - e.0, t.1 - e.1);
+    }
+    eprint!("{report}");
     let ma = m.a.metrics();
     assert_eq!(value(&ma, "strait_passthrough_total", &[]), 0.0);
 }
