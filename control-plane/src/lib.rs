@@ -222,6 +222,11 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             issuer = %ca.issuer_subject(),
             issuer_cert = %ca.files().cert.display(),
             cert_lifetime = ?ca.lifetime(),
+            proofs = if kubernetes.is_some() {
+                "projected ServiceAccount tokens (audience identity.strait.io) checked with TokenReview"
+            } else {
+                "the mesh file's bootstrap tokens"
+            },
             "identity serving; proxies trust the anchors in {anchors} (STRAIT_TRUST_ANCHORS)"
         );
         tasks.spawn(named("issuer watcher", {
@@ -231,7 +236,10 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
                 Ok(())
             }
         }));
-        let auth = Arc::new(identity::auth::BootstrapAuthenticator::new(tokens));
+        let auth: Arc<dyn identity::auth::Authenticator> = match &kubernetes {
+            Some((client, _)) => Arc::new(identity::tokenreview::TokenReviewAuthenticator::new(client.clone())),
+            None => Arc::new(identity::auth::BootstrapAuthenticator::new(tokens)),
+        };
         let service = identity::service::IdentityService::new(ca, auth, snapshots.clone(), metrics.clone());
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()

@@ -31,6 +31,13 @@ pub async fn testsrv_in(log_dir: &Path, mode: &str, name: &str) -> (Process, Soc
     wait_listening(process).await
 }
 
+/// Like [`testsrv_in`], listening on `listen` (e.g. `127.42.0.7:0`: a loopback address of its
+/// own, as a pod has its own IP).
+pub async fn testsrv_at(log_dir: &Path, mode: &str, name: &str, listen: &str) -> (Process, SocketAddr) {
+    let process = Process::spawn(name, bin("strait-testsrv"), &[mode, "--listen", listen, "--name", name], &[], log_dir);
+    wait_listening(process).await
+}
+
 fn testsrv_args<'a>(mode: &'a str, name: &'a str) -> [&'a str; 5] {
     [mode, "--listen", "127.0.0.1:0", "--name", name]
 }

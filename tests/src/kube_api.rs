@@ -18,7 +18,8 @@
 //! - The test changes objects while watches run ([`KubeApi::apply`], [`KubeApi::modify`],
 //!   [`KubeApi::delete`]), can stall watches ([`KubeApi::pause_watches`]) and end them all with
 //!   410 Gone after a compaction ([`KubeApi::expire_watches`]), so the client must list again.
-//! - `POST …/tokenreviews` answers from a token table ([`KubeApi::add_token`]).
+//! - `POST …/tokenreviews` answers from a token table ([`KubeApi::add_token`]), or fails on
+//!   demand ([`KubeApi::fail_token_reviews`]).
 //! - Every request is recorded ([`KubeApi::requests`]).
 //!
 //! Not there: authentication (every request is allowed), protobuf, server-side apply, field
@@ -91,6 +92,8 @@ struct State {
     failing: BTreeMap<Resource, StatusCode>,
     requests: Vec<Seen>,
     tokens: BTreeMap<String, TokenUser>,
+    /// Every TokenReview is answered with this error status, when set.
+    token_reviews_failing: Option<StatusCode>,
 }
 
 struct Shared {
@@ -297,6 +300,21 @@ impl KubeApi {
     pub fn remove_token(&self, token: &str) {
         self.shared.lock().tokens.remove(token);
     }
+
+    /// Answers every TokenReview with `status` (403 as without RBAC rights, 503, …) until
+    /// [`KubeApi::heal_token_reviews`].
+    pub fn fail_token_reviews(&self, status: StatusCode) {
+        self.shared.lock().token_reviews_failing = Some(status);
+    }
+
+    pub fn heal_token_reviews(&self) {
+        self.shared.lock().token_reviews_failing = None;
+    }
+
+    /// How many TokenReviews were asked for.
+    pub fn token_reviews(&self) -> usize {
+        self.shared.lock().requests.iter().filter(|r| r.method == "POST" && r.path == TOKEN_REVIEWS).count()
+    }
 }
 
 /// The URL path of every object of `kind` across all namespaces, e.g. `/api/v1/pods`.
@@ -408,13 +426,27 @@ fn error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     json_response(code, &status(code, reason, message))
 }
 
+/// Where TokenReviews are posted.
+pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+fn failure_reason(code: StatusCode) -> &'static str {
+    match code {
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        _ => "InternalError",
+    }
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = query(req.uri());
     let method = req.method().clone();
     shared.lock().requests.push(Seen { method: method.to_string(), path: path.clone(), query: query.clone() });
 
-    if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+    if method == Method::POST && path == TOKEN_REVIEWS {
+        if let Some(code) = shared.lock().token_reviews_failing {
+            return error(code, failure_reason(code), "tokenreviews are failing on purpose (test server)");
+        }
         let Some(body) = read_json(req).await else { return error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON") };
         let tokens = shared.lock().tokens.clone();
         return match token_review::review(&tokens, &body) {
@@ -426,12 +458,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return error(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
     };
     if let Some(&code) = shared.lock().failing.get(&t.resource) {
-        let reason = match code {
-            StatusCode::FORBIDDEN => "Forbidden",
-            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
-            _ => "InternalError",
-        };
-        return error(code, reason, &format!("{} is failing on purpose (test server)", t.resource.plural));
+        return error(code, failure_reason(code), &format!("{} is failing on purpose (test server)", t.resource.plural));
     }
     let selection = match selection(&t, &query) {
         Ok(s) => s,

@@ -24,7 +24,7 @@ pub use client::{
 pub use dir::TestDir;
 pub use fixtures::{
     ControllerHandle, ProxyHandle, controller, controller_named, proxy, proxy_named, spawn_proxy, testsrv,
-    testsrv_in,
+    testsrv_at, testsrv_in,
 };
 pub use net::{free_addr, free_port, wait_for_tcp};
 pub use process::{Process, bin};

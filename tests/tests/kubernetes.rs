@@ -82,6 +82,12 @@ impl Cluster {
 
     /// A discovery stream from a proxy in `demo` (the web pod with the native sidecar).
     async fn proxy(&self) -> Proxy {
+        self.proxy_of("demo", "web-7d9f8-abcde", "web").await
+    }
+
+    /// A discovery stream from the proxy of pod `namespace/pod`: its Hello names the pod as the
+    /// workload (the injector sets `STRAIT_WORKLOAD` to the pod's name).
+    async fn proxy_of(&self, namespace: &str, pod: &str, service_account: &str) -> Proxy {
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.discovery))
             .unwrap()
             .connect()
@@ -91,9 +97,9 @@ impl Cluster {
         let rx = DiscoveryClient::new(channel).watch(ReceiverStream::new(requests)).await.unwrap().into_inner();
         let p = Proxy { tx, rx };
         p.send(Request::Hello(pb::Hello {
-            namespace: "demo".into(),
-            workload: "web-7d9f8-abcde".into(),
-            service_account: "web".into(),
+            namespace: namespace.into(),
+            workload: pod.into(),
+            service_account: service_account.into(),
             proxy_version: "test".into(),
         }))
         .await;
@@ -455,4 +461,89 @@ async fn ready_and_answers_only_after_the_first_full_list_of_every_kind() {
         Response::Service(u) => assert_eq!(u.service.unwrap().endpoints.len(), 3),
         other => panic!("{other:?}"),
     }
+}
+
+/// A meshed pod that serves no Service: `mail-0`, SMTP on the named port `smtp`.
+fn mail_pod(annotations: Value) -> Value {
+    let mut a = json!({"strait.io/inject": "enabled"});
+    a.as_object_mut().unwrap().extend(annotations.as_object().unwrap().clone());
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "mail-0", "namespace": "demo", "uid": "0d0c2a8e-1111-4c3e-8d4a-000000000041", "annotations": a},
+        "spec": {"serviceAccountName": "mail", "containers": [
+            {"name": "postfix", "ports": [{"name": "smtp", "containerPort": 2525}]},
+            {"name": "strait-proxy"},
+        ]},
+        "status": {"phase": "Running", "podIP": "10.1.0.41"},
+    })
+}
+
+fn policy(mode: pb::inbound_policy::Mode, opaque_ports: &[u32]) -> (i32, Vec<u32>) {
+    (mode as i32, opaque_ports.to_vec())
+}
+
+fn got(p: &pb::InboundPolicy) -> (i32, Vec<u32>) {
+    (p.mode, p.opaque_ports.clone())
+}
+
+/// The Pod annotations `config.strait.io/inbound-mode` and `config.strait.io/opaque-ports` become
+/// the inbound policy the pod's proxy receives (found by the namespace and workload of its Hello),
+/// and follow their changes; a bad value is reported (log, metric, Warning Event on the Pod, once)
+/// and leaves its field at the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_annotations_set_the_inbound_policy_its_proxy_receives() {
+    use pb::inbound_policy::Mode;
+    let c = Cluster::start("k8s-inbound", |api| {
+        api.apply(mail_pod(json!({
+            "config.strait.io/inbound-mode": "strict",
+            "config.strait.io/opaque-ports": "25, 3306-3307,smtp",
+        })));
+    })
+    .await;
+    c.wait_ready().await;
+    let mut mail = c.proxy_of("demo", "mail-0", "mail").await;
+    assert_eq!(got(&mail.inbound().await), policy(Mode::Strict, &[25, 2525, 3306, 3307]));
+    // The redis pod: no annotations; its opaque Service port (`tcp-redis`) is opaque inbound too.
+    let mut cache = c.proxy_of("demo", "cache-0", "cache").await;
+    assert_eq!(got(&cache.inbound().await), policy(Mode::Permissive, &[6379]));
+
+    // Bad values: each field falls back to its default, and each problem is reported.
+    c.api.modify("Pod", "demo", "mail-0", |p| {
+        p["metadata"]["annotations"]["config.strait.io/inbound-mode"] = json!("enforcing");
+        p["metadata"]["annotations"]["config.strait.io/opaque-ports"] = json!("25,smtps");
+    });
+    assert_eq!(got(&mail.inbound().await), policy(Mode::Permissive, &[]));
+    for annotation in ["config.strait.io/inbound-mode", "config.strait.io/opaque-ports"] {
+        let errors = c.metric("strait_controller_annotation_errors_total", &[("annotation", annotation)]).await;
+        assert_eq!(errors, 1.0, "{annotation}");
+    }
+    let log = c.controller.log();
+    assert!(log.contains("bad inbound policy annotation"), "{log}");
+    assert!(log.contains(r#"\"enforcing\" is not one of permissive, strict"#), "{log}");
+    let pod_events = || -> Vec<Value> {
+        c.api.objects("Event").into_iter().filter(|e| e["regarding"]["kind"] == "Pod").collect()
+    };
+    let events = wait_for(PROPAGATION, || Some(pod_events()).filter(|e| e.len() == 2)).await.unwrap_or_else(pod_events);
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!((&e["type"], &e["reason"]), (&json!("Warning"), &json!("InvalidAnnotation")));
+        assert_eq!((&e["regarding"]["name"], &e["regarding"]["uid"]), (&json!("mail-0"), &json!("0d0c2a8e-1111-4c3e-8d4a-000000000041")));
+    }
+    let notes: Vec<&str> = events.iter().map(|e| e["note"].as_str().unwrap()).collect();
+    assert!(notes.iter().any(|n| n.contains("\"smtps\"") && n.contains("config.strait.io/opaque-ports")), "{notes:?}");
+
+    // A change that leaves the same problems reports nothing again, and sends no policy.
+    c.api.modify("Pod", "demo", "mail-0", |p| p["status"]["hostIP"] = json!("172.18.0.9"));
+    assert_eq!(mail.next_within(QUIET).await, None);
+    assert_eq!(pod_events().len(), 2, "reported once");
+
+    // Fixed: the policy follows.
+    c.api.modify("Pod", "demo", "mail-0", |p| {
+        p["metadata"]["annotations"]["config.strait.io/inbound-mode"] = json!("strict");
+        p["metadata"]["annotations"]["config.strait.io/opaque-ports"] = json!("25");
+    });
+    assert_eq!(got(&mail.inbound().await), policy(Mode::Strict, &[25]));
+    assert_eq!(cache.next_within(QUIET).await, None, "another pod's change is not sent to this one");
+    let errors = c.metric("strait_controller_annotation_errors_total", &[("annotation", "config.strait.io/inbound-mode")]).await;
+    assert_eq!(errors, 1.0);
 }

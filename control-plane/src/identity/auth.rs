@@ -2,8 +2,9 @@
 //! then signs only if that is exactly the identity asked for.
 //!
 //! Embedded mode: [`BootstrapAuthenticator`], the per-workload bootstrap tokens of the mesh file.
-//! Kubernetes mode: a TokenReview authenticator (projected ServiceAccount token, audience
-//! `identity.strait.io`) implements the same trait; the service does not change.
+//! Kubernetes mode: [`super::tokenreview::TokenReviewAuthenticator`] (projected ServiceAccount
+//! token, audience `identity.strait.io`, checked with the TokenReview API) implements the same
+//! trait; the service does not change.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
@@ -36,6 +37,10 @@ pub enum AuthError {
     /// The proof does not hold (unknown workload, wrong or missing token, rejected by TokenReview).
     #[error("{0}")]
     Unauthenticated(String),
+    /// The proof holds, but for a principal that can never hold a mesh identity (a Kubernetes
+    /// user that is not a ServiceAccount).
+    #[error("{0}")]
+    Denied(String),
     /// The proof cannot be checked right now (e.g. the Kubernetes API is unreachable); retry.
     #[error("{0}")]
     Unavailable(String),

@@ -4,13 +4,15 @@
 //! - [`ca`]: the trust anchor and issuer, created in the state directory or read from files, and
 //!   reloaded when those change.
 //! - [`auth`]: the [`auth::Authenticator`] seam: what a token proves. Embedded mode checks the
-//!   workload's bootstrap token from the mesh file; Kubernetes mode will check a projected
-//!   ServiceAccount token with the TokenReview API behind the same trait.
+//!   workload's bootstrap token from the mesh file.
+//! - [`tokenreview`]: Kubernetes mode behind the same trait: the pod's projected ServiceAccount
+//!   token (audience `identity.strait.io`), checked with the TokenReview API.
 //! - [`service`]: `Identity.Certify`: parse the requested SPIFFE ID, authenticate, compare, sign.
 
 pub mod auth;
 pub mod ca;
 pub mod service;
+pub mod tokenreview;
 
 use std::fmt;
 

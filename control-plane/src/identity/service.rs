@@ -102,6 +102,7 @@ impl IdentityService {
         let proof = Proof { token: &r.token, workload: &r.workload, requested: &requested, peer };
         let principal = self.auth.authenticate(&proof).await.map_err(|e| match e {
             AuthError::Unauthenticated(m) => Refusal::Unauthenticated(m),
+            AuthError::Denied(m) => Refusal::Denied(m),
             AuthError::Unavailable(m) => Refusal::Unavailable(m),
         })?;
         if principal.namespace != requested.namespace || principal.service_account != requested.service_account {

@@ -17,6 +17,11 @@
 //!   or a container (or native sidecar init container) named `strait-proxy`. Its proxy is then
 //!   `<endpoint IP>:7143` and its identity `spiffe://<trust domain>/ns/<ns>/sa/<serviceAccountName>`.
 //! - Policy stays in the Service's annotations; the index reads them (and reports bad values).
+//! - A meshed Pod is a workload: its inbound policy comes from its annotations
+//!   `config.strait.io/inbound-mode` (`permissive`, the default, or `strict`) and
+//!   `config.strait.io/opaque-ports` (e.g. `25,3306`, ranges `4000-4010`, or the names of the pod's
+//!   container ports). A bad value leaves that field at its default; [`inbound_errors`] says why
+//!   (the watcher reports it).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,6 +47,37 @@ pub const INJECT_ANNOTATION: &str = "strait.io/inject";
 pub const PROXY_CONTAINER: &str = "strait-proxy";
 /// The proxy's inbound port in every meshed pod (DESIGN §3).
 pub const DEFAULT_PROXY_INBOUND_PORT: u16 = 7143;
+/// Pod annotation: `permissive` (mesh TLS or plaintext) or `strict` (mesh TLS only).
+pub const INBOUND_MODE_ANNOTATION: &str = "config.strait.io/inbound-mode";
+/// Pod annotation: the pod's ports that are opaque on its inbound side (server-speaks-first
+/// protocols): numbers, ranges (`4000-4010`) and container port names, separated by commas.
+pub const OPAQUE_PORTS_ANNOTATION: &str = "config.strait.io/opaque-ports";
+/// At most this many opaque ports per pod (ranges counted in full): the list travels in every
+/// inbound policy and the proxy looks ports up in it per connection.
+pub const MAX_OPAQUE_PORTS: usize = 1024;
+
+/// A bad inbound-policy annotation on a Pod; that field keeps its default.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodAnnotationError {
+    #[error("{INBOUND_MODE_ANNOTATION}: {value:?} is not one of permissive, strict")]
+    InboundMode { value: String },
+    #[error(
+        "{OPAQUE_PORTS_ANNOTATION}: {item:?} (in {value:?}) is not a port from 1 to 65535, a range such as 4000-4010, or the name of one of the pod's TCP container ports"
+    )]
+    OpaquePort { value: String, item: String },
+    #[error("{OPAQUE_PORTS_ANNOTATION}: {value:?} names {count} ports; at most {MAX_OPAQUE_PORTS} may be opaque")]
+    TooManyOpaquePorts { value: String, count: usize },
+}
+
+impl PodAnnotationError {
+    /// The annotation key, bounded for use as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InboundMode { .. } => INBOUND_MODE_ANNOTATION,
+            Self::OpaquePort { .. } | Self::TooManyOpaquePorts { .. } => OPAQUE_PORTS_ANNOTATION,
+        }
+    }
+}
 
 /// What the conversion needs besides the objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,14 +144,17 @@ fn containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     main.chain(sidecars)
 }
 
-fn workload(pod: &Pod) -> Option<Workload> {
-    if !has_sidecar(pod) {
-        return None;
-    }
+/// Whether the pod is a workload of the mesh: meshed, and not finished.
+fn is_workload(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
+    has_sidecar(pod) && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn workload(pod: &Pod) -> Option<Workload> {
+    if !is_workload(pod) {
         return None;
     }
+    let (inbound_mode, opaque_ports, _) = inbound(pod);
     let spec = pod.spec.as_ref();
     let service_account = spec
         .and_then(|s| s.service_account_name.as_deref().or(s.service_account.as_deref()))
@@ -125,9 +164,90 @@ fn workload(pod: &Pod) -> Option<Workload> {
         name: pod.metadata.name.clone()?,
         namespace: pod.metadata.namespace.clone()?,
         service_account: service_account.to_string(),
-        inbound_mode: InboundMode::Permissive,
-        opaque_ports: Vec::new(),
+        inbound_mode,
+        opaque_ports,
     })
+}
+
+/// The bad inbound-policy annotations of a workload's Pod (none for a pod that is not a workload:
+/// its annotations are not read).
+pub fn inbound_errors(pod: &Pod) -> Vec<PodAnnotationError> {
+    if !is_workload(pod) {
+        return Vec::new();
+    }
+    inbound(pod).2
+}
+
+/// The pod's inbound mode and opaque ports (sorted, deduplicated) from its annotations, and what
+/// was wrong with them.
+fn inbound(pod: &Pod) -> (InboundMode, Vec<u16>, Vec<PodAnnotationError>) {
+    let annotation = |key| pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let mut errors = Vec::new();
+    let mode = match annotation(INBOUND_MODE_ANNOTATION) {
+        None | Some("permissive") => InboundMode::Permissive,
+        Some("strict") => InboundMode::Strict,
+        Some(other) => {
+            errors.push(PodAnnotationError::InboundMode { value: other.to_string() });
+            InboundMode::Permissive
+        }
+    };
+    let ports = match annotation(OPAQUE_PORTS_ANNOTATION).map(|v| opaque_ports(v, pod)) {
+        None => Vec::new(),
+        Some(Ok(ports)) => ports,
+        Some(Err(e)) => {
+            errors.push(e);
+            Vec::new()
+        }
+    };
+    (mode, ports, errors)
+}
+
+fn opaque_ports(value: &str, pod: &Pod) -> Result<Vec<u16>, PodAnnotationError> {
+    let port = |s: &str| s.trim().parse::<u16>().ok().filter(|&p| p != 0);
+    let mut ports = std::collections::BTreeSet::new();
+    let mut count = 0usize;
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = || PodAnnotationError::OpaquePort { value: value.to_string(), item: item.to_string() };
+        let range = match item.split_once('-') {
+            Some((a, b)) => match (port(a), port(b)) {
+                (Some(a), Some(b)) if a <= b => a..=b,
+                _ => return Err(bad()),
+            },
+            None => {
+                let p = match port(item) {
+                    Some(p) => p,
+                    None if item.bytes().all(|b| b.is_ascii_digit()) => return Err(bad()),
+                    None => containers(pod)
+                        .flat_map(|c| c.ports.iter().flatten())
+                        .find(|p| p.name.as_deref() == Some(item) && is_tcp(p.protocol.as_deref()))
+                        .and_then(|p| u16::try_from(p.container_port).ok())
+                        .filter(|&p| p != 0)
+                        .ok_or_else(bad)?,
+                };
+                p..=p
+            }
+        };
+        count += range.len();
+        if count > MAX_OPAQUE_PORTS {
+            return Err(PodAnnotationError::TooManyOpaquePorts { value: value.to_string(), count: count_ports(value) });
+        }
+        ports.extend(range);
+    }
+    Ok(ports.into_iter().collect())
+}
+
+/// How many ports the numbers and ranges of an opaque-ports value name (for the error message).
+fn count_ports(value: &str) -> usize {
+    value
+        .split(',')
+        .map(|i| match i.trim().split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if a <= b => b - a + 1,
+                _ => 1,
+            },
+            None => usize::from(!i.trim().is_empty()),
+        })
+        .sum()
 }
 
 fn is_tcp(protocol: Option<&str>) -> bool {
@@ -482,6 +602,67 @@ endpoints: {endpoints}
         assert_eq!(protocol(Some("mysql"), None), Protocol::Opaque);
         assert_eq!(protocol(None, Some("http")), Protocol::Detect);
         assert_eq!(protocol(None, None), Protocol::Detect);
+    }
+
+    fn annotated_pod(annotations: &str) -> Pod {
+        serde_yaml::from_str(&format!(
+            r#"
+metadata: {{name: db-0, namespace: data, annotations: {{strait.io/inject: enabled, {annotations}}}}}
+spec:
+  containers:
+    - {{name: mysql, ports: [{{name: mysql, containerPort: 3306}}, {{name: dns, containerPort: 53, protocol: UDP}}]}}
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_annotations_give_the_inbound_mode_and_opaque_ports() {
+        let pod = annotated_pod("config.strait.io/inbound-mode: strict, config.strait.io/opaque-ports: ' 25, 3306,4000-4002,mysql,25,'");
+        assert_eq!(inbound(&pod), (InboundMode::Strict, vec![25, 3306, 4000, 4001, 4002], vec![]));
+        assert_eq!(inbound(&annotated_pod("a: b")), (InboundMode::Permissive, vec![], vec![]));
+        let pod = annotated_pod("config.strait.io/inbound-mode: permissive, config.strait.io/opaque-ports: ''");
+        assert_eq!(inbound(&pod), (InboundMode::Permissive, vec![], vec![]));
+
+        // Through the whole conversion: the workload carries them.
+        let m = convert(&format!("{BASE}\n---\n{}", serde_yaml::to_string(&annotated_pod("config.strait.io/opaque-ports: '25,mysql'")).unwrap()));
+        let w = m.workloads.iter().find(|w| w.name == "db-0").unwrap();
+        assert_eq!((w.inbound_mode, w.opaque_ports.as_slice()), (InboundMode::Permissive, &[25, 3306][..]));
+    }
+
+    #[test]
+    fn a_bad_inbound_annotation_leaves_its_field_at_the_default_and_says_why() {
+        let mode = |v: &str| inbound(&annotated_pod(&format!("config.strait.io/inbound-mode: '{v}', config.strait.io/opaque-ports: '25'")));
+        for bad in ["Strict", "enforcing", "strict,permissive"] {
+            let (m, ports, errors) = mode(bad);
+            assert_eq!((m, ports), (InboundMode::Permissive, vec![25]), "{bad}: the other annotation still counts");
+            assert_eq!(errors, [PodAnnotationError::InboundMode { value: bad.into() }]);
+            assert_eq!(errors[0].label(), INBOUND_MODE_ANNOTATION);
+        }
+        let ports = |v: &str| inbound(&annotated_pod(&format!("config.strait.io/inbound-mode: strict, config.strait.io/opaque-ports: '{v}'")));
+        for (value, item) in
+            [("25,0", "0"), ("65536", "65536"), ("5-3", "5-3"), ("25, dns", "dns"), ("web", "web"), ("-5", "-5"), ("3306-", "3306-"), ("1-2-3", "1-2-3")]
+        {
+            let (m, opaque, errors) = ports(value);
+            assert_eq!((m, opaque), (InboundMode::Strict, vec![]), "{value}: the whole annotation is ignored");
+            assert_eq!(errors, [PodAnnotationError::OpaquePort { value: value.into(), item: item.into() }], "{value}");
+            assert_eq!(errors[0].label(), OPAQUE_PORTS_ANNOTATION);
+            assert!(errors[0].to_string().contains("is not a port from 1 to 65535"), "{}", errors[0]);
+        }
+        let (_, opaque, errors) = ports("25,1000-3000");
+        assert!(opaque.is_empty());
+        assert_eq!(errors, [PodAnnotationError::TooManyOpaquePorts { value: "25,1000-3000".into(), count: 2002 }]);
+        assert_eq!(ports("1-1024").1.len(), MAX_OPAQUE_PORTS, "the limit itself is allowed");
+
+        // Reported for workloads only: a pod without the sidecar, or a finished one, is not read.
+        let bad = "config.strait.io/inbound-mode: nope";
+        assert_eq!(inbound_errors(&annotated_pod(bad)).len(), 1);
+        let mut plain = annotated_pod(bad);
+        plain.metadata.annotations.as_mut().unwrap().remove(INJECT_ANNOTATION);
+        assert!(inbound_errors(&plain).is_empty());
+        let mut done = annotated_pod(bad);
+        done.status = Some(k8s_openapi::api::core::v1::PodStatus { phase: Some("Succeeded".into()), ..Default::default() });
+        assert!(inbound_errors(&done).is_empty());
     }
 
     #[test]

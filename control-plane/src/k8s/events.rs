@@ -1,6 +1,11 @@
-//! Bad policy annotations, reported where users look: a `Warning` Event on the Service
-//! (`kubectl describe service` shows it). The log line and the metric come from the store, as in
-//! embedded mode; this adds the Event.
+//! Bad annotations, reported where users look: a `Warning` Event on their object (`kubectl
+//! describe` shows it).
+//!
+//! - Services' policy annotations (DESIGN §5): the log line and the metric come from the store, as
+//!   in embedded mode; this adds the Event.
+//! - Pods' inbound-policy annotations (`config.strait.io/inbound-mode`, `…/opaque-ports`): only
+//!   Kubernetes has them, so this reports them in all three ways (log, metric
+//!   `strait_controller_annotation_errors_total{annotation}`, Event).
 //!
 //! Each problem is reported once while it lasts (again if it is fixed and comes back). Events are
 //! sent by a task of their own through a bounded queue, so a slow or refusing API server never
@@ -11,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use kube::{
     Client, Resource, ResourceExt,
     runtime::events::{Event, EventType, Recorder, Reporter as EventReporter},
@@ -19,7 +24,8 @@ use kube::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy;
+use super::convert;
+use crate::{metrics::Metrics, policy};
 
 /// The Event's `reason`.
 pub const REASON: &str = "InvalidAnnotation";
@@ -30,20 +36,23 @@ pub const CONTROLLER: &str = "strait-controller";
 
 const QUEUE: usize = 256;
 
+/// Per object (namespace, name): the resourceVersion last looked at and its problems.
+type Seen = HashMap<(String, String), (String, HashSet<String>)>;
+
 /// Remembers what was reported and queues new problems to the Event task.
 pub struct Reporter {
     tx: mpsc::Sender<(ObjectReference, String)>,
-    /// Per Service (namespace, name): the resourceVersion last looked at and its problems.
-    seen: HashMap<(String, String), (String, HashSet<String>)>,
+    metrics: Arc<Metrics>,
+    services: Seen,
+    pods: Seen,
 }
 
 impl Reporter {
     /// Starts the Event task (it ends with `shutdown`).
-    pub fn start(client: Client, shutdown: CancellationToken) -> Self {
+    pub fn start(client: Client, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         let (tx, mut rx) = mpsc::channel::<(ObjectReference, String)>(QUEUE);
         // `POD_NAME` tells replicas apart when the chart sets it from the downward API.
         let reporter = EventReporter { controller: CONTROLLER.into(), instance: std::env::var("POD_NAME").ok() };
-        let recorder = Recorder::new(client, reporter);
         tokio::spawn(async move {
             let mut failed_before = false;
             loop {
@@ -58,6 +67,10 @@ impl Reporter {
                     action: ACTION.into(),
                     secondary: None,
                 };
+                // A recorder per Event: kube's Recorder folds every later Event of the same
+                // object, reason and action into the first one's series, keeping the first note,
+                // so a second bad annotation would never be read. Repeats are already left out here.
+                let recorder = Recorder::new(client.clone(), reporter.clone());
                 match recorder.publish(&event, &reference).await {
                     Ok(()) => failed_before = false,
                     // Said once per run of failures: an API server refusing Events (RBAC) would
@@ -70,32 +83,73 @@ impl Reporter {
                 }
             }
         });
-        Self { tx, seen: HashMap::new() }
+        Self { tx, metrics, services: HashMap::new(), pods: HashMap::new() }
     }
 
     /// Looks at every Service changed since the last call and queues an Event per new problem.
     pub fn report(&mut self, services: &[Arc<Service>]) {
-        let mut current = HashMap::with_capacity(services.len());
-        for s in services {
-            let key = (s.namespace().unwrap_or_default(), s.name_any());
-            let version = s.resource_version().unwrap_or_default();
-            let problems = match self.seen.remove(&key) {
-                Some((v, problems)) if v == version => problems,
-                previous => {
-                    let (_, errors) = policy::from_annotations(s.annotations());
-                    let problems: HashSet<String> = errors.iter().map(ToString::to_string).collect();
-                    let before = previous.map(|(_, p)| p).unwrap_or_default();
-                    for note in problems.difference(&before) {
-                        if self.tx.try_send((s.object_ref(&()), note.clone())).is_err() {
-                            tracing::debug!(service = %key.1, namespace = %key.0, "Event queue full; the Event is dropped");
-                        }
+        let problems = |s: &Service| {
+            let (_, errors) = policy::from_annotations(s.annotations());
+            errors.iter().map(|e| (e.label(), e.to_string())).collect()
+        };
+        let tx = &self.tx;
+        check(&mut self.services, services, problems, |s, _, note| queue(tx, s.object_ref(&()), note));
+    }
+
+    /// Looks at every Pod changed since the last call; a new problem with its inbound-policy
+    /// annotations is logged, counted and sent as an Event.
+    pub fn report_pods(&mut self, pods: &[Arc<Pod>]) {
+        let problems = |p: &Pod| convert::inbound_errors(p).iter().map(|e| (e.label(), e.to_string())).collect();
+        let (tx, metrics) = (&self.tx, &self.metrics);
+        check(&mut self.pods, pods, problems, |p, label, note| {
+            tracing::warn!(
+                pod = %p.name_any(),
+                namespace = %p.namespace().unwrap_or_default(),
+                annotation = label,
+                error = note,
+                "bad inbound policy annotation; that field keeps its default"
+            );
+            metrics.annotation_errors.with_label_values(&[label]).inc();
+            queue(tx, p.object_ref(&()), note);
+        });
+    }
+}
+
+/// Calls `new` for every problem of a changed object that was not there before, and remembers
+/// the current problems of every object (forgetting deleted objects).
+fn check<K: Resource<DynamicType = ()>>(
+    seen: &mut Seen,
+    objects: &[Arc<K>],
+    problems: impl Fn(&K) -> Vec<(&'static str, String)>,
+    mut new: impl FnMut(&K, &'static str, &str),
+) {
+    let mut current = HashMap::with_capacity(objects.len());
+    for o in objects {
+        let key = (o.namespace().unwrap_or_default(), o.name_any());
+        let version = o.resource_version().unwrap_or_default();
+        let known = match seen.remove(&key) {
+            Some((v, known)) if v == version => known,
+            previous => {
+                let before = previous.map(|(_, p)| p).unwrap_or_default();
+                let mut now = HashSet::new();
+                for (label, note) in problems(o) {
+                    if !before.contains(&note) {
+                        new(o, label, &note);
                     }
-                    problems
+                    now.insert(note);
                 }
-            };
-            current.insert(key, (version, problems));
-        }
-        self.seen = current;
+                now
+            }
+        };
+        current.insert(key, (version, known));
+    }
+    *seen = current;
+}
+
+fn queue(tx: &mpsc::Sender<(ObjectReference, String)>, reference: ObjectReference, note: &str) {
+    let (name, namespace) = (reference.name.clone().unwrap_or_default(), reference.namespace.clone().unwrap_or_default());
+    if tx.try_send((reference, note.to_string())).is_err() {
+        tracing::debug!(%name, %namespace, "Event queue full; the Event is dropped");
     }
 }
 
@@ -108,4 +162,43 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, version: &str, mode: &str) -> Arc<Pod> {
+        let yaml = format!(
+            "metadata: {{name: {name}, namespace: demo, resourceVersion: '{version}', annotations: {{strait.io/inject: enabled, config.strait.io/inbound-mode: '{mode}'}}}}"
+        );
+        Arc::new(serde_yaml::from_str(&yaml).unwrap())
+    }
+
+    /// Runs one pass over `pods` and returns the (pod, note) pairs reported as new.
+    fn pass(seen: &mut Seen, pods: &[Arc<Pod>]) -> Vec<(String, String)> {
+        let problems = |p: &Pod| convert::inbound_errors(p).iter().map(|e| (e.label(), e.to_string())).collect();
+        let mut new = Vec::new();
+        check(seen, pods, problems, |p, _, note| new.push((p.name_any(), note.to_string())));
+        new
+    }
+
+    #[test]
+    fn each_problem_is_reported_once_while_it_lasts() {
+        let mut seen = Seen::new();
+        let new = pass(&mut seen, &[pod("a", "1", "nope"), pod("b", "1", "strict")]);
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].0, "a");
+        assert!(new[0].1.contains("\"nope\" is not one of permissive, strict"), "{}", new[0].1);
+        // Unchanged, or changed with the same problem: nothing new.
+        assert!(pass(&mut seen, &[pod("a", "1", "nope"), pod("b", "1", "strict")]).is_empty());
+        assert!(pass(&mut seen, &[pod("a", "2", "nope"), pod("b", "1", "strict")]).is_empty());
+        // Another problem is new; a fixed one that comes back is new again.
+        assert_eq!(pass(&mut seen, &[pod("a", "3", "NOPE")]).len(), 1);
+        assert!(pass(&mut seen, &[pod("a", "4", "strict")]).is_empty());
+        assert_eq!(pass(&mut seen, &[pod("a", "5", "NOPE")]).len(), 1);
+        // A deleted pod is forgotten: a new one of the same name is reported.
+        assert!(pass(&mut seen, &[]).is_empty());
+        assert_eq!(pass(&mut seen, &[pod("a", "7", "NOPE")]).len(), 1);
+    }
 }

@@ -4,7 +4,7 @@
 //! - [`client`]: the API client, from `--kubeconfig`, else in-cluster (or the usual kubeconfig).
 //! - [`watch`]: a `runtime::watcher` and a reflector store per kind, all namespaces.
 //! - [`convert`]: the stores' contents → the source-independent [`crate::model::Mesh`] (pure).
-//! - [`events`]: bad policy annotations reported as Kubernetes Events on their Service.
+//! - [`events`]: bad annotations reported as Kubernetes Events on their Service or Pod.
 //!
 //! [`run`] ties them together: after the first full list of all three kinds it publishes a mesh to
 //! the [`Store`] (which makes `/ready` answer 200), then one per change; bursts are coalesced the same
@@ -84,16 +84,17 @@ pub async fn run(
     };
     if synced {
         tracing::info!(services = services.len(), endpoint_slices = slices.len(), pods = pods.len(), "Kubernetes objects listed; serving");
-        let mut reporter = events::Reporter::start(client, shutdown.clone());
+        let mut reporter = events::Reporter::start(client, metrics.clone(), shutdown.clone());
         let mut last: Option<Mesh> = None;
         loop {
             let built = Instant::now();
             for (kind, n) in KINDS.iter().zip([services.len(), slices.len(), pods.len()]) {
                 metrics.watched_objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
             }
-            let service_objects = services.state();
-            let mesh = convert::mesh(&service_objects, &slices.state(), &pods.state(), &settings);
+            let (service_objects, pod_objects) = (services.state(), pods.state());
+            let mesh = convert::mesh(&service_objects, &slices.state(), &pod_objects, &settings);
             reporter.report(&service_objects);
+            reporter.report_pods(&pod_objects);
             if last.as_ref() != Some(&mesh) {
                 let (services, endpoints, workloads) = mesh.counts();
                 tracing::debug!(services, endpoints, workloads, "Kubernetes mesh changed");
