@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-unit test-e2e demo bench bench-smoke bench-controller chart-lint check-deps release clean help
+.PHONY: all build test test-unit test-e2e demo bench bench-smoke bench-tls bench-policy bench-controller chart-lint check-deps release clean help
 
 all: build
 
@@ -29,6 +29,14 @@ bench:
 ## bench-smoke    a few hundred requests per bench setup, to keep the harness alive
 bench-smoke:
 	./bench/run.sh --smoke
+
+## bench-tls      mTLS vs plaintext Strait pair, connection reuse, handshakes per core (bench/results/tls-latest.md)
+bench-tls:
+	./bench/tls.sh
+
+## bench-policy   full policy stack vs none, memory per destination service (bench/results/policy-latest.md)
+bench-policy:
+	./bench/policy.sh
 
 ## check-deps     the proxy links neither kube nor k8s-openapi
 check-deps:
