@@ -38,6 +38,10 @@ bench-tls:
 bench-policy:
 	./bench/policy.sh
 
+## bench-controller  one controller: 10k services, 100k endpoints, 10k proxies, 100 changes/s (bench/results/controller-latest.md)
+bench-controller:
+	./bench/controller.sh
+
 ## check-deps     the proxy links neither kube nor k8s-openapi
 check-deps:
 	./scripts/check-proxy-deps.sh

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# `make bench-controller`: one strait-controller (embedded mode) with 10k services and 100k endpoints,
+# as many simulated proxies as asked (10k by default) subscribed to it, and endpoint changes at a fixed
+# rate: change-to-delivery latency at every subscriber, the controller's RSS and CPU. See
+# bench/README.md; the report goes to bench/results/controller-latest.md and is printed.
+#
+#   bench/controller.sh [--smoke]        (--smoke: 100 services, 100 proxies, 5 s of changes)
+#
+# Environment (all optional):
+#   BENCH_SERVICES=10000           services, 10 endpoints each (smoke: 100)
+#   BENCH_PROXIES=10000            simulated proxies, one Discovery.Watch stream each (smoke: 100)
+#   BENCH_SUBSCRIPTIONS=10         services each proxy subscribes to
+#   BENCH_STREAMS_PER_CONN=1       streams per HTTP/2 connection (1: a connection per proxy, like sidecars)
+#   BENCH_CHANGES_PER_SEC=100      endpoint moves per second
+#   BENCH_WRITE_INTERVAL_MS=200    the mesh file is rewritten this often with the changes due
+#   BENCH_DURATION=60              seconds of changes (smoke: 5)
+#   BENCH_MESHED=1                 0: plain endpoints without workloads and sidecar addresses
+#   BENCH_CLIENT_CPU=0 BENCH_SUT_CPU=1   pinning: load generator / controller
+#   BENCH_NICE=N                   run both under `nice -n N` (-10 as root; no help against other cgroups)
+#   BENCH_NO_BUILD=1               use the release binaries as they are
+#   BENCH_KEEP=1                   keep the work dir (mesh file, controller log)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"   # bench_args, log, warn, die, alloc_ports, wait_ready
+bench_args 21 "$@"
+
+if [[ $MODE == smoke ]]; then
+    SERVICES=${BENCH_SERVICES:-100}
+    PROXIES=${BENCH_PROXIES:-100}
+    DURATION=${BENCH_DURATION:-5}
+else
+    SERVICES=${BENCH_SERVICES:-10000}
+    PROXIES=${BENCH_PROXIES:-10000}
+    DURATION=${BENCH_DURATION:-60}
+fi
+SUBSCRIPTIONS=${BENCH_SUBSCRIPTIONS:-10}
+STREAMS_PER_CONN=${BENCH_STREAMS_PER_CONN:-1}
+RATE=${BENCH_CHANGES_PER_SEC:-100}
+WRITE_INTERVAL_MS=${BENCH_WRITE_INTERVAL_MS:-200}
+MESHED=${BENCH_MESHED:-1}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-0}
+SUT_CPU=${BENCH_SUT_CPU:-1}
+NICE=${BENCH_NICE:-0}
+REPORT="$RESULTS/controller-latest.md"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN="$TARGET_DIR/release"
+
+pinned() { # pinned CPU CMD...: CMD on that CPU, at the asked priority
+    local cpu=$1
+    shift
+    nice -n "$NICE" taskset -c "$cpu" "$@"
+}
+
+command -v taskset >/dev/null || die "taskset is missing (Debian package util-linux)"
+command -v curl >/dev/null || die "curl is missing"
+
+if [[ -z ${BENCH_NO_BUILD:-} ]]; then
+    log "building release binaries"
+    cargo build --release -p strait-controller -p strait-tests >&2
+fi
+for b in strait-controller strait-bench-controller; do
+    [[ -x $BIN/$b ]] || die "$BIN/$b is missing: run cargo build --release -p strait-controller -p strait-tests"
+done
+
+# File descriptors: the generator holds one socket per connection, the controller the other end.
+connections=$(( (PROXIES + STREAMS_PER_CONN - 1) / STREAMS_PER_CONN ))
+want_fds=$(( connections + 1024 ))
+if (( $(ulimit -n) < want_fds )); then
+    ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+fi
+FD_LIMIT=$(ulimit -n)
+(( FD_LIMIT >= want_fds )) || warn "open files limited to $FD_LIMIT (< $want_fds wanted): connections beyond it will fail"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/strait-bench-controller.XXXXXX")
+CONTROLLER_PID=
+finish() {
+    if [[ -n $CONTROLLER_PID ]] && kill -0 "$CONTROLLER_PID" 2>/dev/null; then
+        kill "$CONTROLLER_PID" 2>/dev/null || true
+        wait "$CONTROLLER_PID" 2>/dev/null || true
+    fi
+    if [[ ${BENCH_KEEP:-} == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap finish EXIT
+
+alloc_ports DISCOVERY_PORT ADMIN_PORT IDENTITY_PORT WEBHOOK_PORT
+
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+log "mode $MODE: $SERVICES services, $PROXIES proxies x $SUBSCRIPTIONS subscriptions, $RATE changes/s for $DURATION s"
+log "load average before the run: $LOADAVG (others' work on these cores shows in the figures)"
+
+MESH="$WORK/mesh.yaml"
+pinned "$CLIENT_CPU" "$BIN/strait-bench-controller" mesh --services "$SERVICES" --meshed "$([[ $MESHED == 1 ]] && echo true || echo false)" --out "$MESH"
+
+log "starting strait-controller on CPU $SUT_CPU"
+# nice and taskset exec the controller, so $! is its pid.
+STRAIT_LOG=${STRAIT_LOG:-info} nice -n "$NICE" taskset -c "$SUT_CPU" "$BIN/strait-controller" \
+    --mesh-file "$MESH" --state-dir "$WORK/state" \
+    --discovery-addr "127.0.0.1:$DISCOVERY_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
+    --identity-addr "127.0.0.1:$IDENTITY_PORT" --webhook-addr "127.0.0.1:$WEBHOOK_PORT" \
+    >"$WORK/controller.log" 2>&1 &
+CONTROLLER_PID=$!
+started=$SECONDS
+wait_ready "http://127.0.0.1:$ADMIN_PORT/ready" "$CONTROLLER_PID" strait-controller 600 \
+    || { tail -20 "$WORK/controller.log" >&2; die "the controller did not become ready"; }
+log "controller ready after $(( SECONDS - started )) s (pid $CONTROLLER_PID)"
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ", with uncommitted changes in the tree" || true)
+mkdir -p "$RESULTS"
+log "starting the load generator on CPU $CLIENT_CPU"
+status=0
+pinned "$CLIENT_CPU" "$BIN/strait-bench-controller" run \
+    --services "$SERVICES" --meshed "$([[ $MESHED == 1 ]] && echo true || echo false)" --out "$MESH" \
+    --discovery "127.0.0.1:$DISCOVERY_PORT" --admin "127.0.0.1:$ADMIN_PORT" --controller-pid "$CONTROLLER_PID" \
+    --proxies "$PROXIES" --streams-per-connection "$STREAMS_PER_CONN" --subscriptions "$SUBSCRIPTIONS" \
+    --rate "$RATE" --write-interval-ms "$WRITE_INTERVAL_MS" --duration "$DURATION" \
+    --report "$REPORT" \
+    --note "mode: $MODE; $(date -u '+%Y-%m-%d %H:%M UTC'); commit $COMMIT$DIRTY" \
+    --note "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average before the run $LOADAVG; open files limit $FD_LIMIT" \
+    --note "controller pinned to CPU $SUT_CPU (so one runtime worker thread), load generator to CPU $CLIENT_CPU (one runtime thread); both on loopback, nice $NICE" \
+    || status=$?
+
+warnings=$(grep -cE ' (WARN|ERROR) ' "$WORK/controller.log" || true)
+if (( warnings > 0 )); then
+    {
+        echo
+        echo "The controller logged $warnings warnings or errors; the first ones:"
+        echo
+        echo '```'
+        grep -E ' (WARN|ERROR) ' "$WORK/controller.log" | head -5 | cut -c1-300
+        echo '```'
+    } | tee -a "$REPORT"
+fi
+log "written: bench/results/controller-latest.md"
+exit "$status"
