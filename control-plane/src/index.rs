@@ -119,8 +119,9 @@ impl Index {
             }
             index.by_name.insert(name, entry);
         }
+        let served = opaque_ports_served(mesh);
         for w in &mesh.workloads {
-            index.inbound.entry(workload_key(&w.namespace, &w.name)).or_insert_with(|| inbound_policy(mesh, w));
+            index.inbound.entry(workload_key(&w.namespace, &w.name)).or_insert_with(|| inbound_policy(&served, w));
         }
         let (services, endpoints, workloads) = mesh.counts();
         index.counts = Counts { services, endpoints, workloads };
@@ -227,21 +228,28 @@ fn port_snapshot(
     }
 }
 
-/// A workload's inbound policy: its declared opaque ports plus the ports at which it serves an
-/// opaque service port (so a server-speaks-first protocol is never held up by detection).
-fn inbound_policy(mesh: &Mesh, w: &Workload) -> pb::InboundPolicy {
-    let me = workload_key(&w.namespace, &w.name);
-    let mut opaque: BTreeSet<u32> = w.opaque_ports.iter().map(|&p| u32::from(p)).collect();
+/// The ports at which each workload serves an opaque service port, in one pass over the services
+/// (per workload it would be workloads × services).
+fn opaque_ports_served(mesh: &Mesh) -> HashMap<WorkloadRef, BTreeSet<u32>> {
+    let mut served: HashMap<WorkloadRef, BTreeSet<u32>> = HashMap::new();
     for s in &mesh.services {
         for port in s.ports.iter().filter(|p| p.protocol == Protocol::Opaque) {
             for e in &s.endpoints {
-                if e.workload.as_ref().is_some_and(|r| workload_key(&r.namespace, &r.name) == me)
-                    && let Some(address) = target_address(e, port)
-                {
-                    opaque.insert(u32::from(address.port()));
+                if let (Some(r), Some(address)) = (e.workload.as_ref(), target_address(e, port)) {
+                    served.entry(workload_key(&r.namespace, &r.name)).or_default().insert(u32::from(address.port()));
                 }
             }
         }
+    }
+    served
+}
+
+/// A workload's inbound policy: its declared opaque ports plus the ports at which it serves an
+/// opaque service port (so a server-speaks-first protocol is never held up by detection).
+fn inbound_policy(served: &HashMap<WorkloadRef, BTreeSet<u32>>, w: &Workload) -> pb::InboundPolicy {
+    let mut opaque: BTreeSet<u32> = w.opaque_ports.iter().map(|&p| u32::from(p)).collect();
+    if let Some(ports) = served.get(&workload_key(&w.namespace, &w.name)) {
+        opaque.extend(ports);
     }
     let mode = match w.inbound_mode {
         InboundMode::Permissive => pb::inbound_policy::Mode::Permissive,

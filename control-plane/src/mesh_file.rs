@@ -3,7 +3,7 @@
 //! keeps serving.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -129,6 +129,7 @@ pub fn to_model(mesh: &MeshFile) -> Result<Mesh, String> {
     let mut services = Vec::with_capacity(mesh.services.len());
     let mut names = HashSet::new();
     let mut cluster_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let lookup = WorkloadLookup::new(mesh);
     for s in &mesh.services {
         let id = format!("{}.{}", s.name, s.namespace);
         if !names.insert((s.namespace.as_str(), s.name.as_str())) {
@@ -155,7 +156,7 @@ pub fn to_model(mesh: &MeshFile) -> Result<Mesh, String> {
         let endpoints = s
             .endpoints
             .iter()
-            .map(|e| endpoint(mesh, s, e).map_err(|m| format!("service {id}: {m}")))
+            .map(|e| endpoint(&lookup, s, e).map_err(|m| format!("service {id}: {m}")))
             .collect::<Result<_, _>>()?;
         services.push(Service {
             name: s.name.clone(),
@@ -179,7 +180,7 @@ fn protocol(name: &str) -> Option<Protocol> {
     }
 }
 
-fn endpoint(mesh: &MeshFile, service: &file::Service, e: &file::Endpoint) -> Result<Endpoint, String> {
+fn endpoint(lookup: &WorkloadLookup<'_>, service: &file::Service, e: &file::Endpoint) -> Result<Endpoint, String> {
     let address: SocketAddr = e.address.parse().map_err(|_| format!("endpoint address {:?} is not ip:port", e.address))?;
     let proxy = match &e.proxy {
         Some(p) => Some(p.parse::<SocketAddr>().map_err(|_| format!("endpoint proxy {p:?} is not ip:port"))?),
@@ -188,7 +189,7 @@ fn endpoint(mesh: &MeshFile, service: &file::Service, e: &file::Endpoint) -> Res
     Ok(Endpoint {
         address,
         proxy,
-        workload: e.workload.as_deref().map(|name| workload_ref(mesh, &service.namespace, name)),
+        workload: e.workload.as_deref().map(|name| lookup.find(&service.namespace, name)),
         zone: e.zone.clone().filter(|z| !z.is_empty()),
         weight: e.weight,
         ports: BTreeMap::new(),
@@ -197,16 +198,34 @@ fn endpoint(mesh: &MeshFile, service: &file::Service, e: &file::Endpoint) -> Res
 
 /// An endpoint names its workload by name: the one in the service's namespace, else the only one
 /// of that name in the file. An unknown name stays in the service's namespace (and has no identity).
-fn workload_ref(mesh: &MeshFile, namespace: &str, name: &str) -> WorkloadRef {
-    let same_ns = mesh.workloads.iter().find(|w| w.name == name && w.namespace == namespace);
-    let mut by_name = mesh.workloads.iter().filter(|w| w.name == name);
-    let found = same_ns.or_else(|| match (by_name.next(), by_name.next()) {
-        (Some(only), None) => Some(only),
-        _ => None,
-    });
-    WorkloadRef {
-        namespace: found.map_or(namespace, |w| w.namespace.as_str()).to_string(),
-        name: name.to_string(),
+/// Built once per load: a mesh has as many endpoints as workloads times replicas, so a scan per
+/// endpoint would be quadratic.
+struct WorkloadLookup<'a> {
+    by_key: HashMap<(&'a str, &'a str), &'a file::Workload>,
+    /// The namespace of the only workload of a name, or `None` when several share it.
+    by_name: HashMap<&'a str, Option<&'a str>>,
+}
+
+impl<'a> WorkloadLookup<'a> {
+    fn new(mesh: &'a MeshFile) -> Self {
+        let mut by_key = HashMap::new();
+        let mut by_name: HashMap<&str, Option<&str>> = HashMap::new();
+        for w in &mesh.workloads {
+            by_key.insert((w.namespace.as_str(), w.name.as_str()), w);
+            by_name
+                .entry(w.name.as_str())
+                .and_modify(|ns| *ns = None)
+                .or_insert(Some(w.namespace.as_str()));
+        }
+        WorkloadLookup { by_key, by_name }
+    }
+
+    fn find(&self, namespace: &str, name: &str) -> WorkloadRef {
+        let ns = match self.by_key.get(&(namespace, name)) {
+            Some(_) => namespace,
+            None => self.by_name.get(name).copied().flatten().unwrap_or(namespace),
+        };
+        WorkloadRef { namespace: ns.to_string(), name: name.to_string() }
     }
 }
 
@@ -233,9 +252,19 @@ pub async fn watch(
             continue;
         }
         last = fingerprint;
-        let loaded = bytes
-            .map_err(|source| MeshFileError::Read { path: path.display().to_string(), source })
-            .and_then(|b| parse(&path, &b));
+        // Parsing a large mesh takes a while (a 10 MiB file: ~0.4 s); off the runtime's threads,
+        // so discovery streams keep being served meanwhile.
+        let p = path.clone();
+        let loaded = match bytes {
+            Err(source) => Err(MeshFileError::Read { path: path.display().to_string(), source }),
+            Ok(b) => match tokio::task::spawn_blocking(move || parse(&p, &b)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "mesh file parser task failed");
+                    continue;
+                }
+            },
+        };
         match loaded {
             Ok(loaded) => {
                 let (services, endpoints, workloads) = loaded.mesh.counts();

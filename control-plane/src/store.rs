@@ -110,13 +110,26 @@ impl Publisher {
                 (pending.mesh.take(), pending.since.take())
             };
             let Some(mesh) = mesh else { continue };
-            self.publish(&mesh, since.unwrap_or_else(Instant::now), &mut reported);
+            // Building the index of a large mesh is CPU work: off the runtime's threads, so the
+            // streams keep flowing while it runs.
+            let domain = self.cluster_domain.clone();
+            let built = tokio::task::spawn_blocking(move || Index::build(&mesh, &domain)).await;
+            let Ok((index, errors)) = built else {
+                tracing::error!("index build task failed; keeping the current snapshot");
+                continue;
+            };
+            self.publish(index, errors, since.unwrap_or_else(Instant::now), &mut reported);
             last_published = Some(Instant::now());
         }
     }
 
-    fn publish(&self, mesh: &Mesh, changed_at: Instant, reported: &mut HashSet<String>) {
-        let (index, errors) = Index::build(mesh, &self.cluster_domain);
+    fn publish(
+        &self,
+        index: Index,
+        errors: Vec<(crate::authority::ServiceName, crate::policy::AnnotationError)>,
+        changed_at: Instant,
+        reported: &mut HashSet<String>,
+    ) {
         // Report each bad annotation once, not again on every unrelated change.
         let mut current = HashSet::with_capacity(errors.len());
         for (service, error) in &errors {
