@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-unit test-e2e demo bench bench-smoke bench-tls bench-policy bench-controller chart-lint check-deps release clean help
+.PHONY: all build test demo bench bench-smoke bench-tls bench-policy bench-controller check-deps release clean help
 
 all: build
 
