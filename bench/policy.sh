@@ -14,7 +14,7 @@
 #   BENCH_SERVICES=N                  services in part 2 (1000 full, 100 smoke)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-bench_args 15 "$@"
+bench_args 14 "$@"
 
 SETUPS="strait strait-policy"
 LOADS=${BENCH_LOADS:-rate1000 rate5000}
