@@ -62,6 +62,21 @@ async fn served(b: &Backend) -> u64 {
     r.text().trim().parse().unwrap()
 }
 
+/// The client workload's proxy, once web.demo is served through it (its first request subscribes).
+async fn client_served(disc: SocketAddr) -> ProxyHandle {
+    let d = disc.to_string();
+    let client = proxy_named("client", &[("STRAIT_DISCOVERY_ADDR", &d), ("STRAIT_NAMESPACE", "demo")]).await;
+    strait_tests::net::retry_until("web.demo is served", Duration::from_secs(10), || async {
+        match http_get_via_proxy(client.outbound, "http://web.demo:8080/").await {
+            Ok(r) if r.status == StatusCode::OK => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    client
+}
+
 /// Steady load through the client proxy; counts successes and failures until stopped.
 struct Load {
     ok: Arc<AtomicU64>,
@@ -143,17 +158,7 @@ async fn traffic_follows_endpoints_added_moved_and_removed_without_failures() {
     strait_tests::wait_for_http_ok(&format!("http://{admin}/ready"), Duration::from_secs(20)).await.unwrap();
     let (b1, b2, b3) = (backend(&dir, "one", disc).await, backend(&dir, "two", disc).await, backend(&dir, "three", disc).await);
     std::fs::write(&mesh_path, mesh(&[&b1])).unwrap();
-    let d = disc.to_string();
-    let client = proxy_named("client", &[("STRAIT_DISCOVERY_ADDR", &d), ("STRAIT_NAMESPACE", "demo")]).await;
-    // The first request subscribes; wait for the service to show up.
-    strait_tests::net::retry_until("web.demo is served", Duration::from_secs(10), || async {
-        match http_get_via_proxy(client.outbound, "http://web.demo:8080/").await {
-            Ok(r) if r.status == StatusCode::OK => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let client = client_served(disc).await;
 
     let l = load(client.outbound, 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -189,16 +194,7 @@ async fn controller_outage_keeps_traffic_flowing_and_a_change_made_meanwhile_arr
     strait_tests::wait_for_http_ok(&format!("http://{admin}/ready"), Duration::from_secs(20)).await.unwrap();
     let (b1, b2) = (backend(&dir, "one", disc).await, backend(&dir, "two", disc).await);
     std::fs::write(&mesh_path, mesh(&[&b1])).unwrap();
-    let d = disc.to_string();
-    let client = proxy_named("client", &[("STRAIT_DISCOVERY_ADDR", &d), ("STRAIT_NAMESPACE", "demo")]).await;
-    strait_tests::net::retry_until("web.demo is served", Duration::from_secs(10), || async {
-        match http_get_via_proxy(client.outbound, "http://web.demo:8080/").await {
-            Ok(r) if r.status == StatusCode::OK => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let client = client_served(disc).await;
 
     let l = load(client.outbound, 4);
     tokio::time::sleep(Duration::from_millis(300)).await;

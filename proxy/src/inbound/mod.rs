@@ -77,23 +77,11 @@ impl Inbound {
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.drain.signaled() => return,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    let watch = self.drain.watch();
-                    let ib = self.clone();
-                    tokio::spawn(async move { ib.accept(tcp, peer, watch).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
+        let drain = self.drain.clone();
+        crate::transport::accept_until_drained(listener, &drain, DIRECTION, |tcp, peer, watch| {
+            self.clone().accept(tcp, peer, watch)
+        })
+        .await
     }
 
     async fn accept(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watch: drain::Watch) {

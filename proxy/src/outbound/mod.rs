@@ -68,24 +68,11 @@ impl Outbound {
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.drain.signaled() => return,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((tcp, _peer)) => {
-                    let watch = self.drain.watch();
-                    let ob = self.clone();
-                    tokio::spawn(async move { ob.accept(tcp, watch).await });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
+        let drain = self.drain.clone();
+        crate::transport::accept_until_drained(listener, &drain, DIRECTION, |tcp, _peer, watch| {
+            self.clone().accept(tcp, watch)
+        })
+        .await
     }
 
     async fn accept(self: Arc<Self>, tcp: TcpStream, watch: drain::Watch) {

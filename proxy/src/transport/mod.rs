@@ -17,3 +17,32 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> I
 
 /// A stream whose concrete type is decided per connection (plain or TLS), boxed once per connection.
 pub type BoxedIo = Box<dyn Io>;
+
+/// Accepts connections on `listener` until the drain starts, handing each to `handle` on its own
+/// task, registered with the drain so shutdown waits for it.
+pub async fn accept_until_drained<F, Fut>(
+    listener: tokio::net::TcpListener,
+    drain: &crate::drain::Drain,
+    direction: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, crate::drain::Watch) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = drain.signaled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                tokio::spawn(handle(tcp, peer, drain.watch()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                tracing::warn!(error = %e, direction, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
