@@ -10,13 +10,13 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, store::Snapshot};
+use crate::{metrics::Metrics, store::MeshStatus};
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub status: watch::Receiver<Arc<MeshStatus>>,
 }
 
 /// Serves admin requests on `listener` until `shutdown`.
@@ -59,7 +59,7 @@ pub fn respond(method: &Method, path: &str, state: &AdminState) -> Response<Full
     }
     match path {
         "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" if state.snapshots.borrow().loaded => text(StatusCode::OK, "ready\n"),
+        "/ready" if state.status.borrow().loaded => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "the mesh is not loaded yet\n"),
         "/metrics" => {
             let mut r = text(StatusCode::OK, state.metrics.encode());
@@ -85,8 +85,9 @@ mod tests {
     #[tokio::test]
     async fn ready_only_after_the_first_load() {
         let metrics = Arc::new(Metrics::new().unwrap());
-        let (store, mut rx, publisher) = store::new("cluster.local", store::DEFAULT_PUSH_INTERVAL, metrics.clone());
-        let state = AdminState { metrics, snapshots: rx.clone() };
+        let (store, reader, publisher) = store::new("cluster.local", store::DEFAULT_PUSH_INTERVAL, metrics.clone());
+        let mut rx = reader.status();
+        let state = AdminState { metrics, status: rx.clone() };
         assert_eq!(respond(&Method::GET, "/live", &state).status(), StatusCode::OK);
         assert_eq!(respond(&Method::GET, "/ready", &state).status(), StatusCode::SERVICE_UNAVAILABLE);
 

@@ -1,5 +1,6 @@
-//! The `strait.discovery.v1.Discovery` gRPC service: one task per proxy stream, all watching the
-//! store's one snapshot channel.
+//! The `strait.discovery.v1.Discovery` gRPC service: one task per proxy stream. A stream watches
+//! the store's topics of its subscriptions (and of its workload's inbound policy), so a change
+//! wakes only the streams it concerns.
 //!
 //! A stream opens with `Hello`; each `Subscribe` is answered at once with the authority's snapshot
 //! (or `NotFound`), and again whenever a new snapshot changes what that authority names. Every
@@ -9,16 +10,17 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use strait_proto::discovery::v1::{self as pb, discovery_server::Discovery, watch_request::Request, watch_response};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use crate::{
-    authority::{self, Authority},
-    index::Resolution,
+    authority,
+    index::{self, Index, Resolution, Topic},
     metrics::Metrics,
-    store::Snapshot,
+    store::Reader,
 };
 
 /// Subscriptions one stream may hold. A proxy subscribes to the authorities its application talks
@@ -98,14 +100,16 @@ impl StreamError {
 /// The gRPC service. Cheap to clone; all state lives in the stream tasks and the store.
 #[derive(Clone)]
 pub struct DiscoveryService {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    reader: Reader,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// Ends every stream with `Unavailable`.
+    shutdown: CancellationToken,
 }
 
 impl DiscoveryService {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>, limits: Limits) -> Self {
-        Self { snapshots, metrics, limits }
+    pub fn new(reader: Reader, metrics: Arc<Metrics>, limits: Limits, shutdown: CancellationToken) -> Self {
+        Self { reader, metrics, limits, shutdown }
     }
 }
 
@@ -120,9 +124,14 @@ impl Discovery for DiscoveryService {
         let peer = request.remote_addr();
         let requests = request.into_inner();
         let (out, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let (id, waker) = self.reader.waker();
         let stream = ProxyStream {
             out,
-            snapshots: self.snapshots.clone(),
+            reader: self.reader.clone(),
+            id,
+            waker,
+            watching: HashMap::new(),
+            shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
             limits: self.limits,
             hello: pb::Hello::default(),
@@ -142,8 +151,8 @@ impl Discovery for DiscoveryService {
 }
 
 struct Subscription {
-    /// `None` when the authority does not parse: it names nothing, now or later.
-    parsed: Option<Authority>,
+    /// The topic and port the authority names; `None` when it names nothing, now or later.
+    target: Option<(Topic, u16)>,
     sent: Resolution,
     version: u64,
     acked: Option<u64>,
@@ -152,7 +161,14 @@ struct Subscription {
 /// One proxy's stream.
 struct ProxyStream {
     out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    reader: Reader,
+    /// This stream's id and waker in the store's topic table.
+    id: u64,
+    waker: Arc<Notify>,
+    /// The topics this stream watches, with how many of its subscriptions (or its inbound policy)
+    /// need each.
+    watching: HashMap<Topic, usize>,
+    shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     limits: Limits,
     hello: pb::Hello,
@@ -165,6 +181,9 @@ impl ProxyStream {
     async fn run(mut self, mut requests: Streaming<pb::WatchRequest>) {
         self.metrics.streams.inc();
         let result = self.serve(&mut requests).await;
+        for topic in std::mem::take(&mut self.watching).into_keys() {
+            self.reader.unwatch(&topic, self.id);
+        }
         self.metrics.streams.dec();
         self.metrics.subscriptions.sub(gauge(self.subscriptions.len()));
         match result {
@@ -199,28 +218,51 @@ impl ProxyStream {
         tracing::debug!(proxy = %self.hello.proxy_version, "hello");
 
         // Answer nothing before the first full load: "not found" from an empty index would be a lie.
+        let mut status = self.reader.status();
         tokio::select! {
-            loaded = self.snapshots.wait_for(|s| s.loaded) => { loaded.map_err(|_| StreamError::ShuttingDown)?; }
+            loaded = status.wait_for(|s| s.loaded) => { loaded.map_err(|_| StreamError::ShuttingDown)?; }
+            _ = self.shutdown.cancelled() => return Err(StreamError::ShuttingDown),
             _ = self.out.closed() => return Err(StreamError::ClientGone),
         }
-        let snapshot = self.snapshots.borrow_and_update().clone();
-        let inbound = self.inbound_update(&snapshot);
+        drop(status);
+        self.watch(index::workload_topic(&self.hello.namespace, &self.hello.workload));
+        let reader = self.reader.clone();
+        let inbound = self.inbound_update(&reader.index());
         if let Some(response) = inbound {
             self.send(response).await?;
         }
 
         loop {
             tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(StreamError::ShuttingDown),
                 _ = self.out.closed() => return Err(StreamError::ClientGone),
                 message = requests.message() => match message {
                     Ok(Some(request)) => self.handle(request).await?,
                     Ok(None) => return Ok(()),
                     Err(status) => return Err(StreamError::Receive(status.message().to_string())),
                 },
-                changed = self.snapshots.changed() => {
-                    changed.map_err(|_| StreamError::ShuttingDown)?;
-                    self.push_changes().await?;
-                }
+                _ = self.waker.notified() => self.push_changes().await?,
+            }
+        }
+    }
+
+    /// Starts watching a topic (registered once per stream, however many subscriptions need it).
+    fn watch(&mut self, topic: Topic) {
+        match self.watching.get_mut(&topic) {
+            Some(n) => *n += 1,
+            None => {
+                self.reader.watch(&topic, self.id, &self.waker);
+                self.watching.insert(topic, 1);
+            }
+        }
+    }
+
+    fn unwatch(&mut self, topic: &Topic) {
+        if let Some(n) = self.watching.get_mut(topic) {
+            *n -= 1;
+            if *n == 0 {
+                self.watching.remove(topic);
+                self.reader.unwatch(topic, self.id);
             }
         }
     }
@@ -230,8 +272,11 @@ impl ProxyStream {
             Some(Request::Hello(_)) => Err(StreamError::HelloTwice),
             Some(Request::Subscribe(pb::Subscribe { authority })) => self.subscribe(authority).await,
             Some(Request::Unsubscribe(pb::Unsubscribe { authority })) => {
-                if self.subscriptions.remove(&authority).is_some() {
+                if let Some(sub) = self.subscriptions.remove(&authority) {
                     self.metrics.subscriptions.dec();
+                    if let Some((topic, _)) = &sub.target {
+                        self.unwatch(topic);
+                    }
                 }
                 Ok(())
             }
@@ -258,51 +303,66 @@ impl ProxyStream {
         if !known && self.subscriptions.len() >= self.limits.max_subscriptions {
             return Err(StreamError::TooManySubscriptions(self.limits.max_subscriptions));
         }
-        let parsed = match authority::parse(&authority) {
-            Ok(a) => Some(a),
+        let target = match authority::parse(&authority) {
+            Ok(a) => index::topic(&a, self.reader.index().cluster_domain(), &self.hello.namespace),
             Err(e) => {
                 tracing::debug!(%authority, error = %e, "subscription to an authority that cannot name a service");
                 None
             }
         };
-        let snapshot = self.snapshots.borrow().clone();
-        let sent = resolve(&snapshot, parsed.as_ref(), &self.hello.namespace);
+        // Watch before reading: a change published in between then wakes this stream again.
+        if let Some((topic, _)) = &target {
+            self.watch(topic.clone());
+        }
+        let sent = resolve(&self.reader.index(), target.as_ref());
         let version = self.next_version();
         let response = response(&authority, version, &sent);
         // A repeated Subscribe is answered again (the proxy may have lost its state); the count
         // of subscriptions does not change.
-        if !known {
-            self.metrics.subscriptions.inc();
+        match self.subscriptions.insert(authority, Subscription { target, sent, version, acked: None }) {
+            None => self.metrics.subscriptions.inc(),
+            Some(old) => {
+                if let Some((topic, _)) = &old.target {
+                    self.unwatch(topic);
+                }
+            }
         }
-        self.subscriptions.insert(authority, Subscription { parsed, sent, version, acked: None });
         self.send(response).await
     }
 
-    /// Sends what a new snapshot changed, and only that.
+    /// Sends what changed since the last wake-up, and only that.
     async fn push_changes(&mut self) -> Result<(), StreamError> {
-        let snapshot = self.snapshots.borrow_and_update().clone();
         let mut responses = Vec::new();
-        let namespace = &self.hello.namespace;
-        for (authority, sub) in &mut self.subscriptions {
-            let now = resolve(&snapshot, sub.parsed.as_ref(), namespace);
-            if now != sub.sent {
-                self.last_version += 1;
-                sub.version = self.last_version;
-                responses.push(response(authority, sub.version, &now));
-                sub.sent = now;
+        let mut changed_at = Vec::new();
+        {
+            let reader = self.reader.clone();
+            let index = reader.index();
+            for (authority, sub) in &mut self.subscriptions {
+                let now = resolve(&index, sub.target.as_ref());
+                if now != sub.sent {
+                    self.last_version += 1;
+                    sub.version = self.last_version;
+                    responses.push(response(authority, sub.version, &now));
+                    if let Resolution::Service(s) = &now {
+                        changed_at.push(s.changed_at());
+                    }
+                    sub.sent = now;
+                }
             }
+            responses.extend(self.inbound_update(&index));
         }
-        responses.extend(self.inbound_update(&snapshot));
         for r in responses {
             self.send(r).await?;
-            self.metrics.push_duration.observe(snapshot.changed_at.elapsed().as_secs_f64());
+        }
+        for at in changed_at {
+            self.metrics.push_duration.observe(at.elapsed().as_secs_f64());
         }
         Ok(())
     }
 
     /// The workload's inbound policy, when it differs from what was last sent.
-    fn inbound_update(&mut self, snapshot: &Snapshot) -> Option<pb::WatchResponse> {
-        let policy = snapshot.index.inbound(&self.hello.namespace, &self.hello.workload);
+    fn inbound_update(&mut self, index: &Index) -> Option<pb::WatchResponse> {
+        let policy = index.inbound(&self.hello.namespace, &self.hello.workload);
         if self.inbound_sent.as_ref() == Some(&policy) {
             return None;
         }
@@ -331,9 +391,9 @@ impl ProxyStream {
     }
 }
 
-fn resolve(snapshot: &Snapshot, authority: Option<&Authority>, namespace: &str) -> Resolution {
-    match authority {
-        Some(a) => snapshot.index.resolve(a, namespace),
+fn resolve(index: &Index, target: Option<&(Topic, u16)>) -> Resolution {
+    match target {
+        Some((topic, port)) => index.resolve_topic(topic, *port),
         None => Resolution::NotFound(pb::not_found::Reason::DoesNotExist),
     }
 }

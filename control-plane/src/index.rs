@@ -1,9 +1,16 @@
-//! The lookup structure discovery answers from: authority → the snapshot of one service port, and
-//! workload → its inbound policy. Built once per mesh change; every snapshot is encoded at build
-//! time so that thousands of streams can tell "changed" from "same" by comparing bytes.
+//! The lookup structure discovery answers from: service name or cluster IP → the snapshot of each
+//! service port, and workload → its inbound policy.
+//!
+//! It is kept up to date incrementally. The publisher owns a [`Builder`], which holds the mesh model
+//! and turns each change (a whole new mesh, or a few services and workloads set or removed) into an
+//! [`Update`]: new entries for what really changed and nothing else, built outside any lock. The
+//! [`Index`] takes an update in a few hash-map inserts, and the update names the [`Topic`]s whose
+//! answers changed, so only the streams subscribed to those are woken. An entry that did not change
+//! keeps its `Arc`, so a stream tells "same" from "changed" with a pointer comparison; snapshots
+//! are encoded once when built, so a rebuilt but equal entry is recognised by comparing bytes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -11,10 +18,11 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 use strait_proto::discovery::v1 as pb;
+use tokio::time::Instant;
 
 use crate::{
     authority::{self, Authority, Host, ServiceName},
-    model::{Endpoint, InboundMode, Mesh, Protocol, Service, ServicePort, Workload, WorkloadRef},
+    model::{Change, Endpoint, InboundMode, Mesh, Protocol, Service, ServicePort, Workload, WorkloadRef},
     policy::{self, AnnotationError},
 };
 
@@ -23,16 +31,23 @@ use crate::{
 pub struct PortSnapshot {
     service: pb::Service,
     encoded: Bytes,
+    /// When the source published the change this snapshot was built for (the oldest one, when a
+    /// burst was coalesced): push latency is measured from it.
+    changed_at: Instant,
 }
 
 impl PortSnapshot {
-    fn new(service: pb::Service) -> Self {
+    fn new(service: pb::Service, changed_at: Instant) -> Self {
         let encoded = Bytes::from(service.encode_to_vec());
-        Self { service, encoded }
+        Self { service, encoded, changed_at }
     }
 
     pub fn service(&self) -> &pb::Service {
         &self.service
+    }
+
+    pub fn changed_at(&self) -> Instant {
+        self.changed_at
     }
 }
 
@@ -59,12 +74,46 @@ impl PartialEq for Resolution {
     }
 }
 
+/// One service's snapshots, per service port.
 #[derive(Debug)]
-struct ServiceEntry {
+pub struct ServiceEntry {
     ports: BTreeMap<u16, Arc<PortSnapshot>>,
 }
 
-/// How many objects of each kind an index was built from.
+impl ServiceEntry {
+    /// Same ports with the same snapshots (the time it was built does not matter).
+    fn same_as(&self, other: &Self) -> bool {
+        self.ports.len() == other.ports.len()
+            && self.ports.iter().zip(&other.ports).all(|((pa, a), (pb, b))| pa == pb && (Arc::ptr_eq(a, b) || a == b))
+    }
+}
+
+/// What a subscription watches: the key its answers are looked up under. The authority → topic
+/// step needs no index (see [`topic`]), so it is done once per subscription; a change wakes the
+/// streams subscribed to the topics it touched, and no others.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Service(ServiceName),
+    Ip(IpAddr),
+    Workload(WorkloadRef),
+}
+
+/// The topic and port an authority names for a proxy in `client_namespace`; `None` when it names
+/// no service of the mesh, now or later (a name outside the service forms).
+pub fn topic(authority: &Authority, cluster_domain: &str, client_namespace: &str) -> Option<(Topic, u16)> {
+    let topic = match &authority.host {
+        Host::Ip(ip) => Topic::Ip(*ip),
+        Host::Name(host) => Topic::Service(authority::service_name(host, cluster_domain, client_namespace)?),
+    };
+    Some((topic, authority.port))
+}
+
+/// The topic of a workload's inbound policy.
+pub fn workload_topic(namespace: &str, name: &str) -> Topic {
+    Topic::Workload(workload_key(namespace, name))
+}
+
+/// How many objects of each kind the index holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub services: usize,
@@ -72,6 +121,7 @@ pub struct Counts {
     pub workloads: usize,
 }
 
+/// What discovery reads. Written only through [`Index::apply`].
 #[derive(Debug, Default)]
 pub struct Index {
     cluster_domain: String,
@@ -79,7 +129,7 @@ pub struct Index {
     trust_domain: String,
     by_name: HashMap<ServiceName, Arc<ServiceEntry>>,
     by_ip: HashMap<IpAddr, Arc<ServiceEntry>>,
-    inbound: HashMap<WorkloadRef, pb::InboundPolicy>,
+    inbound: HashMap<WorkloadRef, Arc<pb::InboundPolicy>>,
     counts: Counts,
 }
 
@@ -89,43 +139,45 @@ impl Index {
         Self { cluster_domain: cluster_domain.to_string(), ..Self::default() }
     }
 
-    /// Builds the index; returns with it the annotation problems of each service (its policy then
-    /// leaves those fields at their defaults). Where a source lists a service or cluster IP twice,
-    /// the first one wins.
+    /// A whole index from one mesh, and the annotation problems of each service (its policy then
+    /// leaves those fields at their defaults). Where a mesh lists a service twice, the first one
+    /// wins; where two services claim one cluster IP, the one whose name sorts first.
     pub fn build(mesh: &Mesh, cluster_domain: &str) -> (Self, Vec<(ServiceName, AnnotationError)>) {
-        let workloads: HashMap<WorkloadRef, &Workload> =
-            mesh.workloads.iter().map(|w| (workload_key(&w.namespace, &w.name), w)).collect();
+        let mut builder = Builder::new(cluster_domain);
+        let update = builder.full(mesh.clone(), Instant::now());
         let mut index = Self::empty(cluster_domain);
-        index.trust_domain = mesh.trust_domain.clone();
-        let mut errors = Vec::new();
-        for service in &mesh.services {
-            let name = ServiceName::new(&service.namespace, &service.name);
-            if index.by_name.contains_key(&name) {
-                continue;
-            }
-            let (policy, problems) = policy::from_annotations(&service.annotations);
-            errors.extend(problems.into_iter().map(|e| (name.clone(), e)));
-            let ports = service
-                .ports
-                .iter()
-                .map(|port| {
-                    let snapshot = port_snapshot(mesh, &workloads, service, port, &policy, cluster_domain);
-                    (port.port, Arc::new(PortSnapshot::new(snapshot)))
-                })
-                .collect();
-            let entry = Arc::new(ServiceEntry { ports });
-            for ip in &service.cluster_ips {
-                index.by_ip.entry(*ip).or_insert_with(|| entry.clone());
-            }
-            index.by_name.insert(name, entry);
+        index.apply(&update);
+        (index, update.errors)
+    }
+
+    /// Takes an update in: a few inserts and removals.
+    pub fn apply(&mut self, update: &Update) {
+        if let Some(td) = &update.trust_domain {
+            self.trust_domain.clone_from(td);
         }
-        let served = opaque_ports_served(mesh);
-        for w in &mesh.workloads {
-            index.inbound.entry(workload_key(&w.namespace, &w.name)).or_insert_with(|| inbound_policy(&served, w));
+        for (name, entry) in &update.services {
+            match entry {
+                Some(e) => self.by_name.insert(name.clone(), e.clone()),
+                None => self.by_name.remove(name),
+            };
         }
-        let (services, endpoints, workloads) = mesh.counts();
-        index.counts = Counts { services, endpoints, workloads };
-        (index, errors)
+        for (ip, entry) in &update.ips {
+            match entry {
+                Some(e) => self.by_ip.insert(*ip, e.clone()),
+                None => self.by_ip.remove(ip),
+            };
+        }
+        for (w, policy) in &update.inbound {
+            match policy {
+                Some(p) => self.inbound.insert(w.clone(), p.clone()),
+                None => self.inbound.remove(w),
+            };
+        }
+        self.counts = update.counts;
+    }
+
+    pub fn cluster_domain(&self) -> &str {
+        &self.cluster_domain
     }
 
     pub fn counts(&self) -> Counts {
@@ -138,12 +190,20 @@ impl Index {
 
     /// What `authority` names for a proxy in `client_namespace`.
     pub fn resolve(&self, authority: &Authority, client_namespace: &str) -> Resolution {
-        let entry = match &authority.host {
-            Host::Ip(ip) => self.by_ip.get(ip),
-            Host::Name(host) => authority::service_name(host, &self.cluster_domain, client_namespace)
-                .and_then(|name| self.by_name.get(&name)),
+        match topic(authority, &self.cluster_domain, client_namespace) {
+            Some((topic, port)) => self.resolve_topic(&topic, port),
+            None => Resolution::NotFound(pb::not_found::Reason::DoesNotExist),
+        }
+    }
+
+    /// What a topic names at `port`.
+    pub fn resolve_topic(&self, topic: &Topic, port: u16) -> Resolution {
+        let entry = match topic {
+            Topic::Service(name) => self.by_name.get(name),
+            Topic::Ip(ip) => self.by_ip.get(ip),
+            Topic::Workload(_) => None,
         };
-        match entry.and_then(|e| e.ports.get(&authority.port)) {
+        match entry.and_then(|e| e.ports.get(&port)) {
             None => Resolution::NotFound(pb::not_found::Reason::DoesNotExist),
             Some(s) if s.service.endpoints.is_empty() => Resolution::NotFound(pb::not_found::Reason::NoEndpoints),
             Some(s) => Resolution::Service(s.clone()),
@@ -153,7 +213,312 @@ impl Index {
     /// The inbound policy of a workload (`version` left at 0); a workload the mesh does not list
     /// gets the defaults.
     pub fn inbound(&self, namespace: &str, workload: &str) -> pb::InboundPolicy {
-        self.inbound.get(&workload_key(namespace, workload)).cloned().unwrap_or_default()
+        self.inbound.get(&workload_key(namespace, workload)).map(|p| (**p).clone()).unwrap_or_default()
+    }
+}
+
+/// A change as the index takes it: the entries to replace (`None`: remove), the topics whose
+/// answers changed, and the annotation problems not reported before.
+#[derive(Debug, Default)]
+pub struct Update {
+    trust_domain: Option<String>,
+    services: Vec<(ServiceName, Option<Arc<ServiceEntry>>)>,
+    ips: Vec<(IpAddr, Option<Arc<ServiceEntry>>)>,
+    inbound: Vec<(WorkloadRef, Option<Arc<pb::InboundPolicy>>)>,
+    counts: Counts,
+    /// Whose answers changed: wake the streams subscribed to these.
+    pub topics: Vec<Topic>,
+    /// Bad annotations of the services this update rebuilt, each reported once while it lasts.
+    pub errors: Vec<(ServiceName, AnnotationError)>,
+}
+
+impl Update {
+    /// Whether the index changes at all.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.trust_domain.is_none()
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+}
+
+/// The publisher's side: the mesh model, and a mirror of what the index holds, so that a change is
+/// compared and built without reading the index.
+#[derive(Debug, Default)]
+pub struct Builder {
+    cluster_domain: String,
+    trust_domain: String,
+    services: HashMap<ServiceName, Service>,
+    workloads: HashMap<WorkloadRef, Workload>,
+    /// Workload → the services whose endpoints name it (identity and opaque ports follow it).
+    referenced_by: HashMap<WorkloadRef, HashSet<ServiceName>>,
+    /// Cluster IP → the services that claim it (a broken source may give one IP twice).
+    ip_claims: HashMap<IpAddr, BTreeSet<ServiceName>>,
+    entries: HashMap<ServiceName, Arc<ServiceEntry>>,
+    by_ip: HashMap<IpAddr, Arc<ServiceEntry>>,
+    inbound: HashMap<WorkloadRef, Arc<pb::InboundPolicy>>,
+    /// Annotation problems already reported, per service.
+    errors: HashMap<ServiceName, Vec<AnnotationError>>,
+    endpoints: usize,
+}
+
+/// What a change touched, to rebuild.
+#[derive(Default)]
+struct Dirty {
+    services: HashSet<ServiceName>,
+    ips: HashSet<IpAddr>,
+    workloads: HashSet<WorkloadRef>,
+}
+
+impl Builder {
+    pub fn new(cluster_domain: &str) -> Self {
+        Self { cluster_domain: cluster_domain.to_string(), ..Self::default() }
+    }
+
+    /// Replaces the whole mesh; only what differs from the current one is rebuilt.
+    pub fn full(&mut self, mesh: Mesh, changed_at: Instant) -> Update {
+        let mut dirty = Dirty::default();
+        let trust_domain_changed = mesh.trust_domain != self.trust_domain;
+        let mut services: HashMap<ServiceName, Service> = HashMap::with_capacity(mesh.services.len());
+        for s in mesh.services {
+            services.entry(ServiceName::new(&s.namespace, &s.name)).or_insert(s);
+        }
+        let mut workloads: HashMap<WorkloadRef, Workload> = HashMap::with_capacity(mesh.workloads.len());
+        for w in mesh.workloads {
+            workloads.entry(workload_key(&w.namespace, &w.name)).or_insert(w);
+        }
+        let gone: Vec<ServiceName> = self.services.keys().filter(|k| !services.contains_key(*k)).cloned().collect();
+        for name in gone {
+            self.set_service(name, None, &mut dirty);
+        }
+        for (name, s) in services {
+            if self.services.get(&name) != Some(&s) {
+                self.set_service(name, Some(s), &mut dirty);
+            }
+        }
+        let gone: Vec<WorkloadRef> = self.workloads.keys().filter(|k| !workloads.contains_key(*k)).cloned().collect();
+        for key in gone {
+            self.set_workload(key, None, &mut dirty);
+        }
+        for (key, w) in workloads {
+            if self.workloads.get(&key) != Some(&w) {
+                self.set_workload(key, Some(w), &mut dirty);
+            }
+        }
+        let mut update = Update::default();
+        if trust_domain_changed {
+            self.trust_domain.clone_from(&mesh.trust_domain);
+            update.trust_domain = Some(mesh.trust_domain);
+            // Every meshed endpoint's identity names the trust domain.
+            dirty.services.extend(self.services.keys().cloned());
+        }
+        self.finish(dirty, changed_at, update)
+    }
+
+    /// Sets and removes the services and workloads a source says changed.
+    pub fn apply(&mut self, change: Change, changed_at: Instant) -> Update {
+        let mut dirty = Dirty::default();
+        for (name, s) in change.services {
+            let name = ServiceName::new(&name.namespace, &name.name);
+            if self.services.get(&name) != s.as_ref() {
+                self.set_service(name, s, &mut dirty);
+            }
+        }
+        for (key, w) in change.workloads {
+            let key = workload_key(&key.namespace, &key.name);
+            if self.workloads.get(&key) != w.as_ref() {
+                self.set_workload(key, w, &mut dirty);
+            }
+        }
+        self.finish(dirty, changed_at, Update::default())
+    }
+
+    fn set_service(&mut self, name: ServiceName, new: Option<Service>, dirty: &mut Dirty) {
+        let old = match &new {
+            Some(s) => self.services.insert(name.clone(), s.clone()),
+            None => self.services.remove(&name),
+        };
+        for (s, claim) in old.iter().map(|s| (s, false)).chain(new.iter().map(|s| (s, true))) {
+            if claim {
+                self.endpoints += s.endpoints.len();
+            } else {
+                self.endpoints -= s.endpoints.len();
+            }
+            let opaque = s.ports.iter().any(|p| p.protocol == Protocol::Opaque);
+            for w in s.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
+                let key = workload_key(&w.namespace, &w.name);
+                if claim {
+                    self.referenced_by.entry(key.clone()).or_default().insert(name.clone());
+                } else if let Some(names) = self.referenced_by.get_mut(&key) {
+                    names.remove(&name);
+                    if names.is_empty() {
+                        self.referenced_by.remove(&key);
+                    }
+                }
+                if opaque {
+                    dirty.workloads.insert(key);
+                }
+            }
+            for ip in &s.cluster_ips {
+                if claim {
+                    self.ip_claims.entry(*ip).or_default().insert(name.clone());
+                } else if let Some(names) = self.ip_claims.get_mut(ip) {
+                    names.remove(&name);
+                    if names.is_empty() {
+                        self.ip_claims.remove(ip);
+                    }
+                }
+                dirty.ips.insert(*ip);
+            }
+        }
+        dirty.services.insert(name);
+    }
+
+    fn set_workload(&mut self, key: WorkloadRef, new: Option<Workload>, dirty: &mut Dirty) {
+        match new {
+            Some(w) => self.workloads.insert(key.clone(), w),
+            None => self.workloads.remove(&key),
+        };
+        if let Some(names) = self.referenced_by.get(&key) {
+            dirty.services.extend(names.iter().cloned());
+        }
+        dirty.workloads.insert(key);
+    }
+
+    /// Rebuilds what is dirty and keeps only what really changed.
+    fn finish(&mut self, mut dirty: Dirty, changed_at: Instant, mut update: Update) -> Update {
+        for name in dirty.services {
+            let built = self.services.get(&name).map(|s| {
+                let (policy, problems) = policy::from_annotations(&s.annotations);
+                let ports = s
+                    .ports
+                    .iter()
+                    .map(|port| (port.port, Arc::new(PortSnapshot::new(self.port_snapshot(s, port, &policy), changed_at))))
+                    .collect();
+                (ServiceEntry { ports }, problems)
+            });
+            let (entry, problems) = match built {
+                Some((entry, problems)) => (Some(entry), problems),
+                None => (None, Vec::new()),
+            };
+            let reported = self.errors.get(&name).map_or(&[][..], Vec::as_slice);
+            update.errors.extend(problems.iter().filter(|p| !reported.contains(p)).map(|p| (name.clone(), p.clone())));
+            if problems.is_empty() {
+                self.errors.remove(&name);
+            } else {
+                self.errors.insert(name.clone(), problems);
+            }
+            let same = match (&entry, self.entries.get(&name)) {
+                (Some(new), Some(old)) => new.same_as(old),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            if let Some(s) = self.services.get(&name) {
+                dirty.ips.extend(s.cluster_ips.iter().copied());
+            }
+            let entry = entry.map(Arc::new);
+            match &entry {
+                Some(e) => self.entries.insert(name.clone(), e.clone()),
+                None => self.entries.remove(&name),
+            };
+            update.services.push((name.clone(), entry));
+            update.topics.push(Topic::Service(name));
+        }
+        for ip in dirty.ips {
+            let owner = self.ip_claims.get(&ip).and_then(|names| names.first()).and_then(|n| self.entries.get(n)).cloned();
+            let same = match (&owner, self.by_ip.get(&ip)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            match &owner {
+                Some(e) => self.by_ip.insert(ip, e.clone()),
+                None => self.by_ip.remove(&ip),
+            };
+            update.ips.push((ip, owner));
+            update.topics.push(Topic::Ip(ip));
+        }
+        for key in dirty.workloads {
+            let policy = self.workloads.get(&key).map(|w| self.inbound_policy(&key, w));
+            let same = match (&policy, self.inbound.get(&key)) {
+                (Some(a), Some(b)) => a == &**b,
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            let policy = policy.map(Arc::new);
+            match &policy {
+                Some(p) => self.inbound.insert(key.clone(), p.clone()),
+                None => self.inbound.remove(&key),
+            };
+            update.inbound.push((key.clone(), policy));
+            update.topics.push(Topic::Workload(key));
+        }
+        update.counts = Counts { services: self.services.len(), endpoints: self.endpoints, workloads: self.workloads.len() };
+        update
+    }
+
+    fn port_snapshot(&self, service: &Service, port: &ServicePort, policy: &pb::Policy) -> pb::Service {
+        let mut endpoints: Vec<pb::Endpoint> = service
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let address = target_address(e, port)?;
+                let workload = e.workload.as_ref().and_then(|r| self.workloads.get(&workload_key(&r.namespace, &r.name)));
+                let identity = match (e.proxy, workload) {
+                    (Some(_), Some(w)) => spiffe_id(&self.trust_domain, w),
+                    _ => String::new(),
+                };
+                Some(pb::Endpoint {
+                    address: address.to_string(),
+                    proxy_address: e.proxy.map(|p| p.to_string()).unwrap_or_default(),
+                    zone: e.zone.clone().unwrap_or_default(),
+                    weight: e.weight.unwrap_or(1),
+                    identity,
+                    workload: e.workload.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        // A source's order means nothing; sorting keeps a reordering from looking like a change.
+        endpoints.sort_by(|a, b| (&a.address, &a.proxy_address).cmp(&(&b.address, &b.proxy_address)));
+        endpoints.dedup();
+        pb::Service {
+            name: service.name.clone(),
+            namespace: service.namespace.clone(),
+            fqdn: format!("{}.{}.svc.{}", service.name, service.namespace, self.cluster_domain.trim_end_matches('.')),
+            cluster_ips: service.cluster_ips.iter().map(|ip| ip.to_string()).collect(),
+            port: u32::from(port.port),
+            protocol: proto_protocol(port.protocol) as i32,
+            endpoints,
+            routes: Vec::new(),
+            policy: Some(policy.clone()),
+        }
+    }
+
+    /// A workload's inbound policy: its declared opaque ports plus the ports at which it serves an
+    /// opaque service port (so a server-speaks-first protocol is never held up by detection).
+    fn inbound_policy(&self, key: &WorkloadRef, w: &Workload) -> pb::InboundPolicy {
+        let mut opaque: BTreeSet<u32> = w.opaque_ports.iter().map(|&p| u32::from(p)).collect();
+        for s in self.referenced_by.get(key).into_iter().flatten().filter_map(|name| self.services.get(name)) {
+            for port in s.ports.iter().filter(|p| p.protocol == Protocol::Opaque) {
+                let mine = s.endpoints.iter().filter(|e| e.workload.as_ref().is_some_and(|r| workload_key(&r.namespace, &r.name) == *key));
+                opaque.extend(mine.filter_map(|e| target_address(e, port)).map(|a| u32::from(a.port())));
+            }
+        }
+        let mode = match w.inbound_mode {
+            InboundMode::Permissive => pb::inbound_policy::Mode::Permissive,
+            InboundMode::Strict => pb::inbound_policy::Mode::Strict,
+        };
+        pb::InboundPolicy { version: 0, opaque_ports: opaque.into_iter().collect(), mode: mode as i32 }
     }
 }
 
@@ -184,84 +549,11 @@ fn target_address(e: &Endpoint, port: &ServicePort) -> Option<SocketAddr> {
     Some(port.target_port.map_or(e.address, |tp| SocketAddr::new(e.address.ip(), tp)))
 }
 
-fn port_snapshot(
-    mesh: &Mesh,
-    workloads: &HashMap<WorkloadRef, &Workload>,
-    service: &Service,
-    port: &ServicePort,
-    policy: &pb::Policy,
-    cluster_domain: &str,
-) -> pb::Service {
-    let mut endpoints: Vec<pb::Endpoint> = service
-        .endpoints
-        .iter()
-        .filter_map(|e| {
-            let address = target_address(e, port)?;
-            let workload = e.workload.as_ref().and_then(|r| workloads.get(&workload_key(&r.namespace, &r.name)));
-            let identity = match (e.proxy, workload) {
-                (Some(_), Some(w)) => spiffe_id(&mesh.trust_domain, w),
-                _ => String::new(),
-            };
-            Some(pb::Endpoint {
-                address: address.to_string(),
-                proxy_address: e.proxy.map(|p| p.to_string()).unwrap_or_default(),
-                zone: e.zone.clone().unwrap_or_default(),
-                weight: e.weight.unwrap_or(1),
-                identity,
-                workload: e.workload.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
-            })
-        })
-        .collect();
-    // A source's order means nothing; sorting keeps a reordering from looking like a change.
-    endpoints.sort_by(|a, b| (&a.address, &a.proxy_address).cmp(&(&b.address, &b.proxy_address)));
-    endpoints.dedup();
-    pb::Service {
-        name: service.name.clone(),
-        namespace: service.namespace.clone(),
-        fqdn: format!("{}.{}.svc.{}", service.name, service.namespace, cluster_domain.trim_end_matches('.')),
-        cluster_ips: service.cluster_ips.iter().map(|ip| ip.to_string()).collect(),
-        port: u32::from(port.port),
-        protocol: proto_protocol(port.protocol) as i32,
-        endpoints,
-        routes: Vec::new(),
-        policy: Some(policy.clone()),
-    }
-}
-
-/// The ports at which each workload serves an opaque service port, in one pass over the services
-/// (per workload it would be workloads × services).
-fn opaque_ports_served(mesh: &Mesh) -> HashMap<WorkloadRef, BTreeSet<u32>> {
-    let mut served: HashMap<WorkloadRef, BTreeSet<u32>> = HashMap::new();
-    for s in &mesh.services {
-        for port in s.ports.iter().filter(|p| p.protocol == Protocol::Opaque) {
-            for e in &s.endpoints {
-                if let (Some(r), Some(address)) = (e.workload.as_ref(), target_address(e, port)) {
-                    served.entry(workload_key(&r.namespace, &r.name)).or_default().insert(u32::from(address.port()));
-                }
-            }
-        }
-    }
-    served
-}
-
-/// A workload's inbound policy: its declared opaque ports plus the ports at which it serves an
-/// opaque service port (so a server-speaks-first protocol is never held up by detection).
-fn inbound_policy(served: &HashMap<WorkloadRef, BTreeSet<u32>>, w: &Workload) -> pb::InboundPolicy {
-    let mut opaque: BTreeSet<u32> = w.opaque_ports.iter().map(|&p| u32::from(p)).collect();
-    if let Some(ports) = served.get(&workload_key(&w.namespace, &w.name)) {
-        opaque.extend(ports);
-    }
-    let mode = match w.inbound_mode {
-        InboundMode::Permissive => pb::inbound_policy::Mode::Permissive,
-        InboundMode::Strict => pb::inbound_policy::Mode::Strict,
-    };
-    pb::InboundPolicy { version: 0, opaque_ports: opaque.into_iter().collect(), mode: mode as i32 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{authority::parse, mesh_file};
+    use crate::model::Change;
     use strait_proto::mesh::MeshFile;
 
     const MESH: &str = r#"
@@ -384,5 +676,104 @@ services:
         assert_eq!((db.opaque_ports.as_slice(), db.mode), (&[3307][..], pb::inbound_policy::Mode::Strict as i32));
         assert_eq!(i.inbound("demo", "unknown"), pb::InboundPolicy::default());
         assert_eq!(i.counts(), Counts { services: 3, endpoints: 4, workloads: 2 });
+    }
+
+    fn model() -> Mesh {
+        mesh_file::to_model(&MeshFile::parse(MESH).unwrap()).unwrap()
+    }
+
+    fn name(ns: &str, n: &str) -> ServiceName {
+        ServiceName::new(ns, n)
+    }
+
+    /// Every answer the index gives for the test mesh's authorities and workloads.
+    fn answers(i: &Index) -> Vec<String> {
+        let mut out: Vec<String> = ["orders.demo:8080", "orders.demo:9090", "10.96.0.20:8080", "10.96.0.21:8080", "db.data:3306", "empty.demo:80"]
+            .iter()
+            .map(|a| match resolve(i, a, "") {
+                Resolution::Service(s) => format!("{a} {:?}", s.service()),
+                other => format!("{a} {other:?}"),
+            })
+            .collect();
+        out.extend(["orders-v1", "db-0"].iter().map(|w| format!("{w} {:?}", (i.inbound("demo", w), i.inbound("data", w)))));
+        out
+    }
+
+    #[test]
+    fn changes_applied_one_by_one_give_the_index_a_whole_build_gives() {
+        let start = model();
+        let mut builder = Builder::new("cluster.local");
+        let mut index = Index::empty("cluster.local");
+        index.apply(&builder.full(start.clone(), Instant::now()));
+
+        // Move orders' endpoints, make db's workload strict-less and renamed account, add a
+        // service on orders' IP and drop the empty one.
+        let mut end = start.clone();
+        end.services[0].endpoints.truncate(1);
+        end.services[0].endpoints[0].address = "127.0.0.7:18081".parse().unwrap();
+        end.services[1].endpoints[0].address = "127.0.0.9:3308".parse().unwrap();
+        end.workloads[0].service_account = "orders-sa".into();
+        end.services.pop();
+        let mut twin = end.services[0].clone();
+        (twin.name, twin.cluster_ips) = ("twin".into(), vec!["10.96.0.21".parse().unwrap()]);
+        end.services.push(twin.clone());
+
+        let changes = [
+            Change { services: vec![(name("demo", "orders"), Some(end.services[0].clone()))], workloads: vec![] },
+            Change {
+                services: vec![(name("data", "db"), Some(end.services[1].clone())), (name("demo", "empty"), None)],
+                workloads: vec![(WorkloadRef { namespace: "demo".into(), name: "orders-v1".into() }, Some(end.workloads[0].clone()))],
+            },
+            Change { services: vec![(name("demo", "twin"), Some(twin))], workloads: vec![] },
+        ];
+        let mut topics = Vec::new();
+        for change in changes {
+            let update = builder.apply(change, Instant::now());
+            topics.extend(update.topics.iter().cloned());
+            index.apply(&update);
+        }
+        let (whole, _) = Index::build(&end, "cluster.local");
+        assert_eq!(answers(&index), answers(&whole));
+        assert_eq!(index.counts(), whole.counts());
+        assert!(topics.contains(&Topic::Ip("10.96.0.20".parse().unwrap())));
+        assert!(topics.contains(&workload_topic("data", "db-0")), "db-0's opaque port moved with its endpoint");
+        assert!(!topics.contains(&workload_topic("demo", "orders-v1")), "orders-v1's policy did not change");
+        let orders = service(resolve(&index, "orders.demo:8080", ""));
+        assert_eq!(orders.endpoints[0].identity, "spiffe://example.org/ns/demo/sa/orders-sa");
+        assert_eq!(index.inbound("data", "db-0").opaque_ports, [3308]);
+    }
+
+    #[test]
+    fn an_unchanged_service_keeps_its_snapshot_and_wakes_nobody() {
+        let mut builder = Builder::new("cluster.local");
+        let mut index = Index::empty("cluster.local");
+        index.apply(&builder.full(model(), Instant::now()));
+        let before = resolve(&index, "orders.demo:8080", "");
+        let update = builder.full(model(), Instant::now());
+        assert!(update.is_empty(), "{update:?}");
+        let mut m = model();
+        m.services[1].endpoints[0].zone = Some("z9".into());
+        let update = builder.full(m, Instant::now());
+        assert_eq!(update.topics, [Topic::Service(name("data", "db"))]);
+        index.apply(&update);
+        match (before, resolve(&index, "orders.demo:8080", "")) {
+            (Resolution::Service(a), Resolution::Service(b)) => assert!(Arc::ptr_eq(&a, &b)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_services_on_one_ip_the_first_name_wins_until_it_goes() {
+        let mut m = model();
+        let mut other = m.services[0].clone();
+        other.name = "aaa".into();
+        other.endpoints.truncate(1);
+        m.services.push(other);
+        let mut builder = Builder::new("cluster.local");
+        let mut index = Index::empty("cluster.local");
+        index.apply(&builder.full(m, Instant::now()));
+        assert_eq!(service(resolve(&index, "10.96.0.20:8080", "")).name, "aaa");
+        index.apply(&builder.apply(Change { services: vec![(name("demo", "aaa"), None)], workloads: vec![] }, Instant::now()));
+        assert_eq!(service(resolve(&index, "10.96.0.20:8080", "")).name, "orders");
     }
 }

@@ -167,7 +167,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
     };
 
     let shutdown = CancellationToken::new();
-    let (store, mut snapshots, publisher) = store::new(&config.cluster_domain, config.push_interval, metrics.clone());
+    let (store, reader, publisher) = store::new(&config.cluster_domain, config.push_interval, metrics.clone());
     let (services, endpoints, workloads) = mesh.counts();
     if kubernetes.is_none() {
         store.publish(mesh);
@@ -205,7 +205,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             }
         }));
     }
-    let service = DiscoveryService::new(snapshots.clone(), metrics.clone(), config.limits);
+    let service = DiscoveryService::new(reader.clone(), metrics.clone(), config.limits, shutdown.clone());
     let incoming = tonic::transport::server::TcpIncoming::from(discovery_listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
@@ -240,14 +240,14 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             Some((client, _)) => Arc::new(identity::tokenreview::TokenReviewAuthenticator::new(client.clone())),
             None => Arc::new(identity::auth::BootstrapAuthenticator::new(tokens)),
         };
-        let service = identity::service::IdentityService::new(ca, auth, snapshots.clone(), metrics.clone());
+        let service = identity::service::IdentityService::new(ca, auth, reader.status(), metrics.clone());
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .add_service(IdentityServer::new(service))
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         tasks.spawn(named("identity server", async move { server.await.map_err(Error::IdentityServer) }));
     }
-    let admin_state = admin::AdminState { metrics: metrics.clone(), snapshots: snapshots.clone() };
+    let admin_state = admin::AdminState { metrics: metrics.clone(), status: reader.status() };
     tasks.spawn(named("admin server", {
         let shutdown = shutdown.clone();
         async move {
@@ -260,7 +260,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         tracing::info!(%discovery_addr, %admin_addr, "controller serving from Kubernetes once the first lists are in");
         return Ok(Controller { discovery_addr, admin_addr, identity_addr, metrics, shutdown, tasks });
     }
-    if snapshots.wait_for(|s| s.loaded).await.is_err() {
+    if reader.status().wait_for(|s| s.loaded).await.is_err() {
         return Err(Error::TaskEnded("publisher"));
     }
     tracing::info!(

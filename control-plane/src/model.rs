@@ -1,10 +1,24 @@
 //! The mesh as the controller sees it, whatever it was read from: services with their ports and
 //! endpoints, and the workloads that may hold an identity.
 //!
-//! Sources (the mesh file, the Kubernetes reflectors) each build a whole [`Mesh`] and hand it
-//! to the [`crate::store`]; nothing downstream knows where it came from.
+//! Sources hand the [`crate::store`] either a whole [`Mesh`] (the mesh file, a Kubernetes re-list)
+//! or a [`Change`] to a few services and workloads (a Kubernetes watch event); nothing downstream
+//! knows where it came from.
 
 use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr};
+
+/// Services and workloads set (`Some`) or removed (`None`), by key; what is not named stays.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Change {
+    pub services: Vec<(crate::authority::ServiceName, Option<Service>)>,
+    pub workloads: Vec<(WorkloadRef, Option<Workload>)>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.workloads.is_empty()
+    }
+}
 
 /// Everything discovery serves.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -14,7 +14,7 @@ use super::{
     auth::{AuthError, Authenticator, Proof},
     ca::{Ca, CaError},
 };
-use crate::{metrics::Metrics, store::Snapshot};
+use crate::{metrics::Metrics, store::MeshStatus};
 
 /// Values of the `result` label, in the order they are checked.
 pub const RESULTS: [&str; 6] = ["ok", "invalid", "unauthenticated", "denied", "unavailable", "error"];
@@ -25,7 +25,7 @@ const MAX_CSR_BYTES: usize = 16 * 1024;
 pub struct IdentityService {
     ca: Arc<Ca>,
     auth: Arc<dyn Authenticator>,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: watch::Receiver<Arc<MeshStatus>>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,23 +72,23 @@ impl Refusal {
 }
 
 impl IdentityService {
-    /// `snapshots` gives the mesh's trust domain (the one discovery puts in endpoints' identities).
+    /// `status` gives the mesh's trust domain (the one discovery puts in endpoints' identities).
     pub fn new(
         ca: Arc<Ca>,
         auth: Arc<dyn Authenticator>,
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        status: watch::Receiver<Arc<MeshStatus>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { ca, auth, snapshots, metrics }
+        Self { ca, auth, status, metrics }
     }
 
     async fn certify_checked(&self, r: &CertifyRequest, peer: Option<std::net::SocketAddr>) -> Result<CertifyResponse, Refusal> {
         let trust_domain = {
-            let snapshot = self.snapshots.borrow();
-            if !snapshot.loaded {
+            let status = self.status.borrow();
+            if !status.loaded {
                 return Err(Refusal::Unavailable("the mesh is not loaded yet".into()));
             }
-            snapshot.index.trust_domain().to_string()
+            status.trust_domain.clone()
         };
         let requested = SpiffeId::parse(&r.identity).map_err(Refusal::Invalid)?;
         if requested.trust_domain != trust_domain {
@@ -204,7 +204,8 @@ workloads:
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
         let file = MeshFile::parse(MESH).unwrap();
-        let (store, mut rx, publisher) = store::new("cluster.local", store::DEFAULT_PUSH_INTERVAL, metrics.clone());
+        let (store, reader, publisher) = store::new("cluster.local", store::DEFAULT_PUSH_INTERVAL, metrics.clone());
+        let mut rx = reader.status();
         let shutdown = CancellationToken::new();
         tokio::spawn(publisher.run(shutdown.clone()));
         store.publish(mesh_file::to_model(&file).unwrap());
