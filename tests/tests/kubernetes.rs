@@ -372,6 +372,11 @@ async fn changes_to_slices_pods_and_annotations_reach_the_subscribers() {
     c.api.modify("Pod", "demo", "web-7d9f8-abcde", |pod| pod["status"]["hostIP"] = json!("172.18.0.9"));
     assert_eq!(p.next_within(QUIET).await, None);
 
+    // A pod loses its sidecar: the services it backs are rebuilt, its endpoint is no longer meshed.
+    c.api.modify("Pod", "demo", "web-7d9f8-uvwxy", |pod| pod["spec"]["containers"] = json!([{"name": "app"}]));
+    let web = p.update(WEB).await;
+    assert_eq!(web.endpoints[1], endpoint("10.1.0.16:8081", "", "zone-a", "", "web-7d9f8-uvwxy"));
+
     // The service goes away: the subscriber hears it does not exist any more.
     c.api.delete("Service", "demo", "web");
     match p.next().await {

@@ -102,8 +102,9 @@ pub fn mesh(
     pods: &[Arc<Pod>],
     settings: &Settings,
 ) -> Mesh {
-    let pods_by_name: HashMap<(&str, &str), &Pod> =
-        pods.iter().filter_map(|p| Some(((p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?), &**p))).collect();
+    let pods_by_name: HashMap<(&str, &str), &Arc<Pod>> =
+        pods.iter().filter_map(|p| Some(((p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?), p))).collect();
+    let pod = |ns: &str, name: &str| pods_by_name.get(&(ns, name)).map(|p| Arc::clone(p));
     let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
         let owner = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
@@ -116,7 +117,7 @@ pub fn mesh(
         .filter_map(|s| {
             let key = (s.metadata.namespace.as_deref()?, s.metadata.name.as_deref()?);
             let slices = slices_by_service.get(&key).map_or(&[][..], Vec::as_slice);
-            service(s, slices, &pods_by_name, settings)
+            service(s, slices, &pod, settings)
         })
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -150,7 +151,8 @@ fn is_workload(pod: &Pod) -> bool {
     has_sidecar(pod) && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-fn workload(pod: &Pod) -> Option<Workload> {
+/// The workload a Pod is, when it is meshed and running.
+pub fn workload(pod: &Pod) -> Option<Workload> {
     if !is_workload(pod) {
         return None;
     }
@@ -290,10 +292,12 @@ fn condition(e: &KubeEndpoint) -> Condition {
     }
 }
 
-fn service(
+/// One Service with the EndpointSlices labelled with its name; `pods` finds a Pod by namespace
+/// and name. `None` for a Service that is not served (ExternalName, or without a spec).
+pub fn service(
     s: &KubeService,
     slices: &[&EndpointSlice],
-    pods: &HashMap<(&str, &str), &Pod>,
+    pods: &impl Fn(&str, &str) -> Option<Arc<Pod>>,
     settings: &Settings,
 ) -> Option<Service> {
     let spec = s.spec.as_ref()?;
@@ -338,7 +342,7 @@ fn service(
                 let pod = pod_of(e, slice_ns, pods);
                 let target = match slice_port.port {
                     Some(n) => u16::try_from(n).ok().filter(|&n| n != 0),
-                    None => target_port(kp, pod),
+                    None => target_port(kp, pod.as_deref()),
                 };
                 let Some(target) = target else { continue };
                 match condition(e) {
@@ -379,10 +383,10 @@ fn service(
     })
 }
 
-fn pod_of<'a>(e: &KubeEndpoint, slice_ns: &str, pods: &HashMap<(&str, &str), &'a Pod>) -> Option<&'a Pod> {
+fn pod_of(e: &KubeEndpoint, slice_ns: &str, pods: &impl Fn(&str, &str) -> Option<Arc<Pod>>) -> Option<Arc<Pod>> {
     let r = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod"))?;
     let ns = r.namespace.as_deref().unwrap_or(slice_ns);
-    pods.get(&(ns, r.name.as_deref()?)).copied()
+    pods(ns, r.name.as_deref()?)
 }
 
 fn workload_ref(e: &KubeEndpoint, slice_ns: &str) -> Option<WorkloadRef> {

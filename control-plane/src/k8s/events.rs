@@ -88,31 +88,49 @@ impl Reporter {
 
     /// Looks at every Service changed since the last call and queues an Event per new problem.
     pub fn report(&mut self, services: &[Arc<Service>]) {
-        let problems = |s: &Service| {
-            let (_, errors) = policy::from_annotations(s.annotations());
-            errors.iter().map(|e| (e.label(), e.to_string())).collect()
-        };
         let tx = &self.tx;
-        check(&mut self.services, services, problems, |s, _, note| queue(tx, s.object_ref(&()), note));
+        check(&mut self.services, services, service_problems, |s, _, note| queue(tx, s.object_ref(&()), note));
+    }
+
+    /// [`Reporter::report`] for a few Services by (namespace, name), `None` for a deleted one.
+    pub fn report_some(&mut self, services: impl IntoIterator<Item = ((String, String), Option<Arc<Service>>)>) {
+        let tx = &self.tx;
+        check_some(&mut self.services, services, service_problems, |s, _, note| queue(tx, s.object_ref(&()), note));
     }
 
     /// Looks at every Pod changed since the last call; a new problem with its inbound-policy
     /// annotations is logged, counted and sent as an Event.
     pub fn report_pods(&mut self, pods: &[Arc<Pod>]) {
-        let problems = |p: &Pod| convert::inbound_errors(p).iter().map(|e| (e.label(), e.to_string())).collect();
         let (tx, metrics) = (&self.tx, &self.metrics);
-        check(&mut self.pods, pods, problems, |p, label, note| {
-            tracing::warn!(
-                pod = %p.name_any(),
-                namespace = %p.namespace().unwrap_or_default(),
-                annotation = label,
-                error = note,
-                "bad inbound policy annotation; that field keeps its default"
-            );
-            metrics.annotation_errors.with_label_values(&[label]).inc();
-            queue(tx, p.object_ref(&()), note);
-        });
+        check(&mut self.pods, pods, pod_problems, |p, label, note| pod_problem(tx, metrics, p, label, note));
     }
+
+    /// [`Reporter::report_pods`] for a few Pods by (namespace, name), `None` for a deleted one.
+    pub fn report_some_pods(&mut self, pods: impl IntoIterator<Item = ((String, String), Option<Arc<Pod>>)>) {
+        let (tx, metrics) = (&self.tx, &self.metrics);
+        check_some(&mut self.pods, pods, pod_problems, |p, label, note| pod_problem(tx, metrics, p, label, note));
+    }
+}
+
+fn service_problems(s: &Service) -> Vec<(&'static str, String)> {
+    let (_, errors) = policy::from_annotations(s.annotations());
+    errors.iter().map(|e| (e.label(), e.to_string())).collect()
+}
+
+fn pod_problems(p: &Pod) -> Vec<(&'static str, String)> {
+    convert::inbound_errors(p).iter().map(|e| (e.label(), e.to_string())).collect()
+}
+
+fn pod_problem(tx: &mpsc::Sender<(ObjectReference, String)>, metrics: &Metrics, p: &Pod, label: &'static str, note: &str) {
+    tracing::warn!(
+        pod = %p.name_any(),
+        namespace = %p.namespace().unwrap_or_default(),
+        annotation = label,
+        error = note,
+        "bad inbound policy annotation; that field keeps its default"
+    );
+    metrics.annotation_errors.with_label_values(&[label]).inc();
+    queue(tx, p.object_ref(&()), note);
 }
 
 /// Calls `new` for every problem of a changed object that was not there before, and remembers
@@ -126,24 +144,50 @@ fn check<K: Resource<DynamicType = ()>>(
     let mut current = HashMap::with_capacity(objects.len());
     for o in objects {
         let key = (o.namespace().unwrap_or_default(), o.name_any());
-        let version = o.resource_version().unwrap_or_default();
-        let known = match seen.remove(&key) {
-            Some((v, known)) if v == version => known,
-            previous => {
-                let before = previous.map(|(_, p)| p).unwrap_or_default();
-                let mut now = HashSet::new();
-                for (label, note) in problems(o) {
-                    if !before.contains(&note) {
-                        new(o, label, &note);
-                    }
-                    now.insert(note);
-                }
-                now
-            }
-        };
-        current.insert(key, (version, known));
+        let previous = seen.remove(&key);
+        current.insert(key, look(previous, &**o, &problems, &mut new));
     }
     *seen = current;
+}
+
+/// [`check`] for a few objects by key, `None` for one that is gone; the others stay as they were.
+fn check_some<K: Resource<DynamicType = ()>>(
+    seen: &mut Seen,
+    objects: impl IntoIterator<Item = ((String, String), Option<Arc<K>>)>,
+    problems: impl Fn(&K) -> Vec<(&'static str, String)>,
+    mut new: impl FnMut(&K, &'static str, &str),
+) {
+    for (key, object) in objects {
+        let previous = seen.remove(&key);
+        if let Some(o) = object {
+            let looked = look(previous, &*o, &problems, &mut new);
+            seen.insert(key, looked);
+        }
+    }
+}
+
+/// One object's current problems, calling `new` for those it did not have at its previous look.
+fn look<K: Resource<DynamicType = ()>>(
+    previous: Option<(String, HashSet<String>)>,
+    o: &K,
+    problems: &impl Fn(&K) -> Vec<(&'static str, String)>,
+    new: &mut impl FnMut(&K, &'static str, &str),
+) -> (String, HashSet<String>) {
+    let version = o.resource_version().unwrap_or_default();
+    match previous {
+        Some((v, known)) if v == version => (version, known),
+        previous => {
+            let before = previous.map(|(_, p)| p).unwrap_or_default();
+            let mut now = HashSet::new();
+            for (label, note) in problems(o) {
+                if !before.contains(&note) {
+                    new(o, label, &note);
+                }
+                now.insert(note);
+            }
+            (version, now)
+        }
+    }
 }
 
 fn queue(tx: &mpsc::Sender<(ObjectReference, String)>, reference: ObjectReference, note: &str) {

@@ -6,24 +6,40 @@
 //! - [`convert`]: the stores' contents → the source-independent [`crate::model::Mesh`] (pure).
 //! - [`events`]: bad annotations reported as Kubernetes Events on their Service or Pod.
 //!
-//! [`run`] ties them together: after the first full list of all three kinds it publishes a mesh to
-//! the [`Store`] (which makes `/ready` answer 200), then one per change; bursts are coalesced the same
-//! way the store coalesces pushes (a lone change at once, then at most one build per interval), and
-//! a rebuild that changes nothing (a pod's status, a slice's unused field) publishes nothing.
+//! [`run`] ties them together: after the first full list of all three kinds it publishes the whole
+//! mesh to the [`Store`] (which makes `/ready` answer 200). After that, each watch event marks its
+//! object, and only the Services it touches are converted again: a Service itself, the Service an
+//! EndpointSlice is labelled with (before and after), the Services whose endpoints a Pod backs (and
+//! the Pod's workload). A re-list (after 410 Gone) rebuilds the whole mesh, which the store compares
+//! with what it has. Bursts are coalesced the way the store coalesces pushes: a lone change at once,
+//! then at most one pass per interval.
 
 pub mod client;
 pub mod convert;
 pub mod events;
 pub mod watch;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::api::{core::v1::Pod, core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{Api, Client};
-use tokio::{sync::Notify, time::Instant};
+use kube::{
+    Api, Client,
+    runtime::reflector::{ObjectRef, Store as Reflected},
+};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, model::Mesh, store::Store};
+use crate::{
+    authority::ServiceName,
+    metrics::Metrics,
+    model::{Change, Mesh, WorkloadRef},
+    store::Store,
+};
 
 pub use convert::Settings;
 
@@ -66,11 +82,12 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let changed = Arc::new(Notify::new());
-    let watcher = |kind| watch::Watcher { kind, changed: changed.clone(), metrics: metrics.clone(), shutdown: shutdown.clone() };
-    let (services, services_task) = watcher(KINDS[0]).start(Api::<Service>::all(client.clone()), watch::trim_service);
-    let (slices, slices_task) = watcher(KINDS[1]).start(Api::<EndpointSlice>::all(client.clone()), watch::trim_slice);
-    let (pods, pods_task) = watcher(KINDS[2]).start(Api::<Pod>::all(client.clone()), watch::trim_pod);
+    let dirty = Arc::new(watch::Dirty::default());
+    let watcher =
+        |slot: usize| watch::Watcher { kind: KINDS[slot], slot, dirty: dirty.clone(), metrics: metrics.clone(), shutdown: shutdown.clone() };
+    let (services, services_task) = watcher(0).start(Api::<Service>::all(client.clone()), watch::trim_service);
+    let (slices, slices_task) = watcher(1).start(Api::<EndpointSlice>::all(client.clone()), watch::trim_slice);
+    let (pods, pods_task) = watcher(2).start(Api::<Pod>::all(client.clone()), watch::trim_pod);
     let tasks = [tokio::spawn(services_task), tokio::spawn(slices_task), tokio::spawn(pods_task)];
 
     let synced = async {
@@ -85,25 +102,33 @@ pub async fn run(
     if synced {
         tracing::info!(services = services.len(), endpoint_slices = slices.len(), pods = pods.len(), "Kubernetes objects listed; serving");
         let mut reporter = events::Reporter::start(client, metrics.clone(), shutdown.clone());
-        let mut last: Option<Mesh> = None;
+        let stores = Stores { services, slices, pods };
+        let mut relations = Relations::default();
+        let mut whole = true;
         loop {
             let built = Instant::now();
-            for (kind, n) in KINDS.iter().zip([services.len(), slices.len(), pods.len()]) {
+            let changed = dirty.take();
+            for (kind, n) in KINDS.iter().zip([stores.services.len(), stores.slices.len(), stores.pods.len()]) {
                 metrics.watched_objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
             }
-            let (service_objects, pod_objects) = (services.state(), pods.state());
-            let mesh = convert::mesh(&service_objects, &slices.state(), &pod_objects, &settings);
-            reporter.report(&service_objects);
-            reporter.report_pods(&pod_objects);
-            if last.as_ref() != Some(&mesh) {
+            if whole || changed.relisted {
+                let (service_objects, slice_objects, pod_objects) = (stores.services.state(), stores.slices.state(), stores.pods.state());
+                let mesh = convert::mesh(&service_objects, &slice_objects, &pod_objects, &settings);
+                reporter.report(&service_objects);
+                reporter.report_pods(&pod_objects);
+                relations = Relations::of(&slice_objects, &mesh);
                 let (services, endpoints, workloads) = mesh.counts();
-                tracing::debug!(services, endpoints, workloads, "Kubernetes mesh changed");
-                last = Some(mesh.clone());
+                tracing::debug!(services, endpoints, workloads, "Kubernetes mesh built whole");
                 store.publish(mesh);
+                whole = false;
+            } else {
+                let change = relations.change(&changed, &stores, &settings, &mut reporter);
+                tracing::trace!(services = change.services.len(), workloads = change.workloads.len(), "Kubernetes mesh changed");
+                store.apply(change);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = changed.notified() => {}
+                _ = dirty.wait() => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -113,5 +138,136 @@ pub async fn run(
     }
     for task in tasks {
         task.abort();
+    }
+}
+
+/// The three reflector stores.
+struct Stores {
+    services: Reflected<Service>,
+    slices: Reflected<EndpointSlice>,
+    pods: Reflected<Pod>,
+}
+
+/// (namespace, name) of a Kubernetes object.
+type Key = (String, String);
+
+fn get<K: kube::Resource<DynamicType = ()> + Clone>(store: &Reflected<K>, (namespace, name): &Key) -> Option<Arc<K>> {
+    store.get(&ObjectRef::new(name).within(namespace))
+}
+
+/// Which objects a change to another touches: kept from one pass to the next, so that a watch event
+/// is turned into a mesh change without looking at the rest of the cluster.
+#[derive(Debug, Default)]
+struct Relations {
+    /// EndpointSlice → the Service it is labelled with.
+    slice_owner: HashMap<Key, Key>,
+    /// Service → the names of its EndpointSlices (in its namespace).
+    slices_of: HashMap<Key, BTreeSet<String>>,
+    /// Pod → the Services whose endpoints it backs.
+    services_of_pod: HashMap<Key, HashSet<Key>>,
+    /// Service → the Pods its endpoints name (to take it out of `services_of_pod` again).
+    pods_of: HashMap<Key, Vec<Key>>,
+}
+
+impl Relations {
+    /// The relations of a whole mesh built from these slices.
+    fn of(slices: &[Arc<EndpointSlice>], mesh: &Mesh) -> Self {
+        let mut r = Self::default();
+        for slice in slices {
+            let owner = slice.metadata.labels.as_ref().and_then(|l| l.get(convert::SERVICE_NAME_LABEL));
+            if let (Some(ns), Some(name), Some(owner)) = (&slice.metadata.namespace, &slice.metadata.name, owner) {
+                r.set_slice((ns.clone(), name.clone()), Some((ns.clone(), owner.clone())));
+            }
+        }
+        for s in &mesh.services {
+            r.set_pods((s.namespace.clone(), s.name.clone()), Some(s));
+        }
+        r
+    }
+
+    /// Records a slice's owner; returns the previous one.
+    fn set_slice(&mut self, slice: Key, owner: Option<Key>) -> Option<Key> {
+        let before = self.slice_owner.remove(&slice);
+        if let Some(b) = &before
+            && let Some(names) = self.slices_of.get_mut(b)
+        {
+            names.remove(&slice.1);
+            if names.is_empty() {
+                self.slices_of.remove(b);
+            }
+        }
+        if let Some(o) = owner {
+            self.slices_of.entry(o.clone()).or_default().insert(slice.1.clone());
+            self.slice_owner.insert(slice, o);
+        }
+        before
+    }
+
+    /// Records the Pods behind a service's endpoints (`None`: the service is gone).
+    fn set_pods(&mut self, service: Key, model: Option<&crate::model::Service>) {
+        for pod in self.pods_of.remove(&service).into_iter().flatten() {
+            if let Some(services) = self.services_of_pod.get_mut(&pod) {
+                services.remove(&service);
+                if services.is_empty() {
+                    self.services_of_pod.remove(&pod);
+                }
+            }
+        }
+        let pods: Vec<Key> = model
+            .into_iter()
+            .flat_map(|m| &m.endpoints)
+            .filter_map(|e| e.workload.as_ref())
+            .map(|w| (w.namespace.clone(), w.name.clone()))
+            .collect();
+        for pod in &pods {
+            self.services_of_pod.entry(pod.clone()).or_default().insert(service.clone());
+        }
+        if !pods.is_empty() {
+            self.pods_of.insert(service, pods);
+        }
+    }
+
+    /// The mesh change for the objects marked since the last pass; reports their annotations.
+    fn change(&mut self, changed: &watch::Changed, stores: &Stores, settings: &Settings, reporter: &mut events::Reporter) -> Change {
+        let [services, slices, pods] = &changed.keys;
+        let mut dirty: HashSet<Key> = services.clone();
+        for key in slices {
+            let slice = get(&stores.slices, key);
+            let owner = slice
+                .as_ref()
+                .and_then(|s| s.metadata.labels.as_ref()?.get(convert::SERVICE_NAME_LABEL).cloned())
+                .map(|name| (key.0.clone(), name));
+            dirty.extend(owner.clone());
+            dirty.extend(self.set_slice(key.clone(), owner));
+        }
+        let mut change = Change::default();
+        let mut pods_seen = Vec::with_capacity(pods.len());
+        for key in pods {
+            let pod = get(&stores.pods, key);
+            let workload = pod.as_deref().and_then(convert::workload);
+            change.workloads.push((WorkloadRef { namespace: key.0.clone(), name: key.1.clone() }, workload));
+            dirty.extend(self.services_of_pod.get(key).into_iter().flatten().cloned());
+            pods_seen.push((key.clone(), pod));
+        }
+        let pod = |ns: &str, name: &str| stores.pods.get(&ObjectRef::new(name).within(ns));
+        let mut services_seen = Vec::with_capacity(dirty.len());
+        for key in dirty {
+            let object = get(&stores.services, &key);
+            let slice_objects: Vec<Arc<EndpointSlice>> = self
+                .slices_of
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter_map(|name| get(&stores.slices, &(key.0.clone(), name.clone())))
+                .collect();
+            let slice_refs: Vec<&EndpointSlice> = slice_objects.iter().map(|s| &**s).collect();
+            let model = object.as_deref().and_then(|o| convert::service(o, &slice_refs, &pod, settings));
+            self.set_pods(key.clone(), model.as_ref());
+            change.services.push((ServiceName::new(&key.0, &key.1), model));
+            services_seen.push((key, object));
+        }
+        reporter.report_some(services_seen);
+        reporter.report_some_pods(pods_seen);
+        change
     }
 }

@@ -6,7 +6,12 @@
 //! proxies a half-empty cluster. Errors are retried with kube's default backoff (from 0.8 s, jittered,
 //! up to 30 s) and counted.
 
-use std::{fmt::Debug, future::Future, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt::Debug,
+    future::Future,
+    sync::{Arc, Mutex},
+};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::{core::v1::Pod, core::v1::Service, discovery::v1::EndpointSlice};
@@ -23,11 +28,52 @@ use crate::metrics::Metrics;
 /// Written by `kubectl apply`: a copy of the whole object, read by nothing here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// What changed in the stores since [`Dirty::take`] was last called.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// A kind was listed (again): everything is rebuilt from the stores.
+    pub relisted: bool,
+    /// Per kind (the watcher's `slot`): the (namespace, name) of the objects added, modified or
+    /// deleted.
+    pub keys: [HashSet<(String, String)>; 3],
+}
+
+/// Where the watch tasks note what changed, for the task that turns it into mesh changes.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    changed: Mutex<Changed>,
+    notify: Notify,
+}
+
+impl Dirty {
+    fn mark(&self, slot: usize, key: (String, String)) {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).keys[slot].insert(key);
+        self.notify.notify_one();
+    }
+
+    fn relisted(&self) {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).relisted = true;
+        self.notify.notify_one();
+    }
+
+    /// What changed since the last call.
+    pub fn take(&self) -> Changed {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Until something changes (at once if something did since the last wait).
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+}
+
 /// What a watch task reports to.
 pub struct Watcher {
     pub kind: &'static str,
-    /// Notified after each change to the store (and after each complete list).
-    pub changed: Arc<Notify>,
+    /// This kind's index in [`Changed::keys`].
+    pub slot: usize,
+    /// Told of each change to the store, after the store holds it.
+    pub dirty: Arc<Dirty>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
@@ -43,7 +89,7 @@ impl Watcher {
         let store = reader.clone();
         let stream = watcher(api, watcher::Config::default()).default_backoff().modify(trim).reflect(writer);
         let task = async move {
-            let Self { kind, changed, metrics, shutdown } = self;
+            let Self { kind, slot, dirty, metrics, shutdown } = self;
             let mut stream = std::pin::pin!(stream);
             loop {
                 let event = tokio::select! {
@@ -57,9 +103,11 @@ impl Watcher {
                     Some(Ok(watcher::Event::InitDone)) => {
                         metrics.watch_lists.with_label_values(&[kind]).inc();
                         tracing::info!(kind, objects = reader.len(), "listed");
-                        changed.notify_one();
+                        dirty.relisted();
                     }
-                    Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => changed.notify_one(),
+                    Some(Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o))) => {
+                        dirty.mark(slot, (o.namespace().unwrap_or_default(), o.name_any()));
+                    }
                     Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
                         metrics.watch_errors.with_label_values(&[kind]).inc();
                         tracing::info!(kind, message = %status.message, "watch expired (410 Gone); listing again");
