@@ -1,6 +1,7 @@
 //! strait-proto owns the control-plane API (gRPC discovery and identity), the embedded mesh file
 //! schema, and the annotation policy parser both sides share.
 
+pub mod codec;
 pub mod mesh;
 pub mod policy;
 

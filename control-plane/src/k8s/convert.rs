@@ -31,12 +31,13 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Container, Pod, Service as KubeService, ServicePort as KubeServicePort},
+        core::v1::{Service as KubeService, ServicePort as KubeServicePort},
         discovery::v1::{Endpoint as KubeEndpoint, EndpointSlice},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
+use super::pod::{Container, Pod};
 use crate::model::{Endpoint, InboundMode, Mesh, Protocol, Service, ServicePort, Workload, WorkloadRef};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -629,7 +630,7 @@ spec:
         assert_eq!(inbound(&pod), (InboundMode::Permissive, vec![], vec![]));
 
         // Through the whole conversion: the workload carries them.
-        let m = convert(&format!("{BASE}\n---\n{}", serde_yaml::to_string(&annotated_pod("config.strait.io/opaque-ports: '25,mysql'")).unwrap()));
+        let m = convert(&format!("{BASE}\n---\nkind: Pod\n{}", serde_yaml::to_string(&annotated_pod("config.strait.io/opaque-ports: '25,mysql'")).unwrap()));
         let w = m.workloads.iter().find(|w| w.name == "db-0").unwrap();
         assert_eq!((w.inbound_mode, w.opaque_ports.as_slice()), (InboundMode::Permissive, &[25, 3306][..]));
     }
@@ -665,7 +666,7 @@ spec:
         plain.metadata.annotations.as_mut().unwrap().remove(INJECT_ANNOTATION);
         assert!(inbound_errors(&plain).is_empty());
         let mut done = annotated_pod(bad);
-        done.status = Some(k8s_openapi::api::core::v1::PodStatus { phase: Some("Succeeded".into()), ..Default::default() });
+        done.status = Some(super::super::pod::PodStatus { phase: Some("Succeeded".into()) });
         assert!(inbound_errors(&done).is_empty());
     }
 

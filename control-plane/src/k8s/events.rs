@@ -16,7 +16,9 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+
+use super::pod::Pod;
 use kube::{
     Client, Resource, ResourceExt,
     runtime::events::{Event, EventType, Recorder, Reporter as EventReporter},

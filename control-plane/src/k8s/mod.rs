@@ -17,6 +17,7 @@
 pub mod client;
 pub mod convert;
 pub mod events;
+pub mod pod;
 pub mod watch;
 
 use std::{
@@ -26,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{core::v1::Pod, core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client,
     runtime::reflector::{ObjectRef, Store as Reflected},
@@ -34,6 +35,7 @@ use kube::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::pod::Pod;
 use crate::{
     authority::ServiceName,
     metrics::Metrics,

@@ -14,7 +14,9 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use k8s_openapi::api::{core::v1::Pod, core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::pod::Pod;
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{WatchStreamExt, reflector, watcher},
@@ -139,22 +141,15 @@ pub fn trim_slice(s: &mut EndpointSlice) {
     s.metadata.annotations = None;
 }
 
-/// Pods: the conversion reads the sidecar's presence, the service account, container ports and the
-/// phase; the rest of the status and of the containers' specs (images, env, probes) goes.
+/// Pods: [`Pod`] already leaves out all but what the conversion reads; of the metadata, labels,
+/// owner references and the annotations of other tools go too (only `*strait.io/*` ones are read).
 pub fn trim_pod(p: &mut Pod) {
     trim_meta(p);
-    if let Some(status) = &mut p.status {
-        *status = k8s_openapi::api::core::v1::PodStatus { phase: status.phase.take(), ..Default::default() };
+    if let Some(annotations) = &mut p.metadata.annotations {
+        annotations.retain(|k, _| k.split_once('/').is_some_and(|(prefix, _)| prefix == "strait.io" || prefix.ends_with(".strait.io")));
     }
-    if let Some(spec) = &mut p.spec {
-        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
-            *c = k8s_openapi::api::core::v1::Container {
-                name: std::mem::take(&mut c.name),
-                ports: c.ports.take(),
-                restart_policy: c.restart_policy.take(),
-                ..Default::default()
-            };
-        }
-        spec.volumes = None;
-    }
+    p.metadata.labels = None;
+    p.metadata.owner_references = None;
+    p.metadata.generate_name = None;
+    p.metadata.creation_timestamp = None;
 }
