@@ -7,12 +7,19 @@
 //!   `Discovery.Watch` stream each, multiplexed over connections), waits until every subscription has
 //!   its first snapshot, then moves endpoints in the mesh file at a fixed rate and measures, for every
 //!   change, when each subscriber of the changed service receives it. It writes a Markdown report.
+//! - `strait-bench-controller run --source kubernetes ... -- CONTROLLER COMMAND` does the same in
+//!   Kubernetes mode: it starts the test API server in this process (`kube` module), fills it with
+//!   the mesh as Services, EndpointSlices and Pods, writes a kubeconfig, starts the controller with
+//!   the given command, and changes one EndpointSlice per change.
 //!
 //! How a change is recognised: each service has a generation `g`, 0 at the start. Change `g` moves
 //! endpoint `g % 10` of the service to port `10000 + g`, so the highest endpoint port of a snapshot
 //! tells a subscriber which generation it holds (8080 everywhere: 0), and every generation up to it
 //! counts as delivered at that moment (a change superseded before it was served is delivered by the
 //! snapshot that contains it). The mutator is in this process, so both ends use one clock.
+
+#[path = "bench_controller/kube.rs"]
+mod kube;
 
 use std::{
     collections::HashMap,
@@ -57,9 +64,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Writes the starting mesh file (every service at generation 0).
-    Mesh(MeshArgs),
-    /// Runs the simulated proxies and the mutator against a running controller; writes the report.
-    Run(RunArgs),
+    Mesh(MeshFileArgs),
+    /// Runs the simulated proxies and the mutator against a running controller (embedded mode) or
+    /// one it starts against its own test API server (Kubernetes mode); writes the report.
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -68,27 +76,65 @@ struct MeshArgs {
     #[arg(long)]
     services: usize,
     /// Meshed endpoints: each service has its own workload (identity), and its endpoints a sidecar
-    /// address. `false`: plain endpoints, no workloads.
+    /// address. `false`: plain endpoints, no workloads (Kubernetes mode: Pods without the sidecar).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     meshed: bool,
+}
+
+#[derive(Args, Clone)]
+struct MeshFileArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
     /// The mesh file to write.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// Where the controller reads the mesh from.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    /// `--mesh-file`: changes are rewrites of the file.
+    Embedded,
+    /// `--kubernetes`: changes are EndpointSlice updates in the test API server.
+    Kubernetes,
 }
 
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     mesh: MeshArgs,
+    /// The mesh's source.
+    #[arg(long, value_enum, default_value_t = Source::Embedded)]
+    source: Source,
+    /// Embedded mode: the mesh file the controller serves (rewritten with every batch of changes).
+    #[arg(long, required_if_eq("source", "embedded"))]
+    out: Option<PathBuf>,
     /// The controller's discovery address.
     #[arg(long)]
     discovery: SocketAddr,
-    /// The controller's admin address (for /metrics).
+    /// The controller's admin address (for /metrics, and /ready in Kubernetes mode).
     #[arg(long)]
     admin: SocketAddr,
-    /// The controller's process id (for its RSS and CPU time from /proc).
+    /// Embedded mode: the running controller's process id (for its RSS and CPU time from /proc).
+    #[arg(long, required_if_eq("source", "embedded"))]
+    controller_pid: Option<u32>,
+    /// Kubernetes mode: where to write the kubeconfig of the test API server (the controller
+    /// command names the same file).
+    #[arg(long, required_if_eq("source", "kubernetes"))]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the controller's output is appended to this file.
+    #[arg(long, default_value = "controller.log")]
+    controller_log: PathBuf,
+    /// Kubernetes mode: the started controller's pid is written to this file.
     #[arg(long)]
-    controller_pid: u32,
+    controller_pid_file: Option<PathBuf>,
+    /// Kubernetes mode: seconds to wait for the controller's /ready.
+    #[arg(long, default_value_t = 900)]
+    ready_timeout: u64,
+    /// Kubernetes mode: the command that starts the controller (after `--`), e.g.
+    /// `taskset -c 1 strait-controller --kubernetes --kubeconfig FILE ...`.
+    #[arg(last = true)]
+    controller: Vec<String>,
     /// Simulated proxies: one Discovery.Watch stream each.
     #[arg(long)]
     proxies: usize,
@@ -128,14 +174,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Mesh(args) => {
-            let mesh = MeshGen::new(args.services, args.meshed);
+            let mesh = MeshGen::new(args.mesh.services, args.mesh.meshed);
             match mesh.write(&args.out) {
                 Ok(bytes) => {
                     eprintln!(
                         "wrote {} ({} services, {} endpoints, {bytes} bytes)",
                         args.out.display(),
-                        args.services,
-                        args.services * ENDPOINTS_PER_SERVICE
+                        args.mesh.services,
+                        args.mesh.services * ENDPOINTS_PER_SERVICE
                     );
                     std::process::ExitCode::SUCCESS
                 }
@@ -151,12 +197,13 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => {
             // One runtime thread: the script pins this process to one core, and a current-thread
             // runtime serves 10k streams on it without cross-thread wake-ups. File writes run on
-            // the blocking pool.
+            // the blocking pool; in Kubernetes mode the test API server has a thread (and runtime)
+            // of its own, on the same core.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match runtime.block_on(run(args)) {
+            match runtime.block_on(run(*args)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("strait-bench-controller: {e}");
@@ -319,7 +366,8 @@ fn generation_of(service: &pb::Service) -> u32 {
 struct Book {
     /// Per service, per generation (index g - 1): the write that carried it.
     changes: Vec<Vec<usize>>,
-    /// Per write: when it was renamed into place, its first and last delivery.
+    /// Per write (a file rewrite; in Kubernetes mode one EndpointSlice update): when it was
+    /// renamed into place (resp. when the update was made), its first and last delivery.
     writes: Vec<Write>,
     /// Change-to-delivery latencies, microseconds, one per (change, subscriber).
     latencies_us: Vec<u64>,
@@ -334,6 +382,7 @@ struct Write {
 }
 
 struct Shared {
+    source: Source,
     book: Mutex<Book>,
     /// Per service: subscribers whose stream is still open (a change is expected at those only).
     live: Vec<AtomicUsize>,
@@ -350,8 +399,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(subscribers: &[usize]) -> Self {
+    fn new(source: Source, subscribers: &[usize]) -> Self {
         Self {
+            source,
             book: Mutex::new(Book {
                 changes: vec![Vec::new(); subscribers.len()],
                 ..Book::default()
@@ -457,8 +507,12 @@ async fn watch(
     let request = |r: Request| pb::WatchRequest { request: Some(r) };
     let hello = pb::Hello {
         namespace: namespace(p),
-        // The proxy of workload `svc-<p>` (a mesh workload while p < services).
-        workload: service_name(p),
+        // The proxy of workload `svc-<p>` (a mesh workload while p < services); in Kubernetes mode
+        // a workload is a Pod: the first Pod of `svc-<p>`.
+        workload: match shared.source {
+            Source::Embedded => service_name(p),
+            Source::Kubernetes => kube::pod_name(p, 0),
+        },
         service_account: service_name(p),
         proxy_version: "strait-bench-controller".into(),
     };
@@ -843,6 +897,88 @@ struct Phase {
     generator: (ProcStat, ProcStat),
 }
 
+/// What both mutators measure around their changes: the controller's and this process's figures
+/// from /proc at the start and the end, the controller's highest RSS sampled in between, and a
+/// progress line every 5 s.
+struct Meter<'a> {
+    pid: &'a str,
+    shared: &'a Shared,
+    started: Instant,
+    controller_before: ProcStat,
+    generator_before: ProcStat,
+    peak_rss_kib: u64,
+    last_log: Instant,
+    changes: usize,
+    /// Deliveries due: the open subscribers of each changed service, summed.
+    expected: usize,
+    write_us: Vec<u64>,
+}
+
+impl<'a> Meter<'a> {
+    fn start(pid: &'a str, shared: &'a Shared) -> Result<Self, String> {
+        let controller_before = proc_stat(pid).map_err(|e| format!("controller: {e}"))?;
+        let generator_before = proc_stat("self").map_err(|e| e.to_string())?;
+        Ok(Self {
+            pid,
+            shared,
+            started: Instant::now(),
+            peak_rss_kib: controller_before.rss_kib,
+            controller_before,
+            generator_before,
+            last_log: Instant::now(),
+            changes: 0,
+            expected: 0,
+            write_us: Vec::new(),
+        })
+    }
+
+    /// Changes of these services are about to be made.
+    fn changing(&mut self, services: &[usize]) {
+        self.changes += services.len();
+        self.expected += services
+            .iter()
+            .map(|&s| self.shared.live[s].load(Ordering::Relaxed))
+            .sum::<usize>();
+    }
+
+    /// Samples the controller's RSS, and says how far the phase is every 5 s.
+    fn sample(&mut self) {
+        let Ok(now) = proc_stat(self.pid) else { return };
+        self.peak_rss_kib = self.peak_rss_kib.max(now.rss_kib);
+        if self.last_log.elapsed() >= Duration::from_secs(5) {
+            self.last_log = Instant::now();
+            let before = &self.controller_before;
+            eprintln!(
+                "  {:>4.0} s: {} changes, {} of {} deliveries, {} streams ended; controller RSS {}, CPU {:.1} s, waited for a CPU {:.1} s",
+                self.started.elapsed().as_secs_f64(),
+                self.changes,
+                self.shared.delivered_count(),
+                self.expected,
+                self.shared.streams_ended.load(Ordering::Relaxed),
+                mib(now.rss_kib),
+                now.cpu_s - before.cpu_s,
+                now.runqueue_wait_s - before.runqueue_wait_s
+            );
+        }
+    }
+
+    fn finish(self) -> Result<Phase, String> {
+        let took = self.started.elapsed();
+        let controller_after = proc_stat(self.pid).map_err(|e| format!("controller: {e}"))?;
+        let generator_after = proc_stat("self").map_err(|e| e.to_string())?;
+        Ok(Phase {
+            started: self.started,
+            took,
+            changes: self.changes,
+            expected: self.expected,
+            write_us: self.write_us,
+            peak_rss_kib: self.peak_rss_kib,
+            controller: (self.controller_before, controller_after),
+            generator: (self.generator_before, generator_after),
+        })
+    }
+}
+
 /// Moves endpoints at `args.rate` for `args.duration`, rewriting the mesh file about every
 /// `args.write_interval_ms` with the changes due.
 async fn mutate(
@@ -852,16 +988,11 @@ async fn mutate(
     shared: &Arc<Shared>,
     pid: &str,
 ) -> Result<Phase, String> {
-    let controller_before = proc_stat(pid).map_err(|e| format!("controller: {e}"))?;
-    let generator_before = proc_stat("self").map_err(|e| e.to_string())?;
-    let started = Instant::now();
+    let mut meter = Meter::start(pid, shared)?;
+    let started = meter.started;
     let end = started + Duration::from_secs(args.duration);
     let interval = Duration::from_millis(args.write_interval_ms.max(1));
     let mut rng = fastrand::Rng::with_seed(0x5712a17);
-    let (mut changes, mut expected) = (0usize, 0usize);
-    let mut write_us = Vec::new();
-    let mut peak_rss_kib = controller_before.rss_kib;
-    let mut last_log = Instant::now();
     loop {
         // Writes at a random phase to the controller's poll: each gap is uniform in 0.5..1.5
         // intervals, so a write lands anywhere in the poll period (a fixed period equal to the
@@ -872,18 +1003,18 @@ async fn mutate(
             break;
         }
         let due = ((now - started).as_secs_f64() * args.rate) as usize;
-        if due <= changes {
+        if due <= meter.changes {
             continue;
         }
-        let picked: Vec<usize> = (changes..due)
+        let picked: Vec<usize> = (meter.changes..due)
             .map(|_| plan.covered[rng.usize(..plan.covered.len())])
             .collect();
-        changes = due;
-        expected += picked
-            .iter()
-            .map(|&s| shared.live[s].load(Ordering::Relaxed))
-            .sum::<usize>();
-        let (mesh, book, path) = (mesh.clone(), shared.clone(), args.mesh.out.clone());
+        meter.changing(&picked);
+        let (mesh, book, path) = (
+            mesh.clone(),
+            shared.clone(),
+            args.out.clone().unwrap_or_default(),
+        );
         let took = tokio::task::spawn_blocking(move || {
             let begun = Instant::now();
             let mut mesh = mesh.lock().unwrap();
@@ -896,34 +1027,126 @@ async fn mutate(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("writing the mesh file: {e}"))?;
-        write_us.push(took.as_micros() as u64);
-        let Ok(now) = proc_stat(pid) else { continue };
-        peak_rss_kib = peak_rss_kib.max(now.rss_kib);
-        if last_log.elapsed() >= Duration::from_secs(5) {
-            last_log = Instant::now();
-            eprintln!(
-                "  {:>4.0} s: {changes} changes, {} of {expected} deliveries, {} streams ended; controller RSS {}, CPU {:.1} s, waited for a CPU {:.1} s",
-                started.elapsed().as_secs_f64(),
-                shared.delivered_count(),
-                shared.streams_ended.load(Ordering::Relaxed),
-                mib(now.rss_kib),
-                now.cpu_s - controller_before.cpu_s,
-                now.runqueue_wait_s - controller_before.runqueue_wait_s
-            );
+        meter.write_us.push(took.as_micros() as u64);
+        meter.sample();
+    }
+    meter.finish()
+}
+
+/// Kubernetes mode: one EndpointSlice update per change, evenly spaced at `args.rate` for
+/// `args.duration` (a late change is made at once, so the count keeps to the rate).
+async fn mutate_kubernetes(
+    args: &RunArgs,
+    cluster: &mut kube::Cluster,
+    plan: &Plan,
+    shared: &Arc<Shared>,
+    pid: &str,
+) -> Result<Phase, String> {
+    let mut meter = Meter::start(pid, shared)?;
+    let end = meter.started + Duration::from_secs(args.duration);
+    let period = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let mut rng = fastrand::Rng::with_seed(0x5712a17);
+    let mut last_sample = Instant::now();
+    loop {
+        let at = meter.started + period.mul_f64(meter.changes as f64);
+        if at >= end {
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        let s = plan.covered[rng.usize(..plan.covered.len())];
+        meter.changing(&[s]);
+        let begun = Instant::now();
+        // Booked just before the update, so that no delivery can come before its change is known.
+        cluster.change(s, |g| shared.book_write(vec![(s, g)]));
+        meter.write_us.push(begun.elapsed().as_micros() as u64);
+        // /proc is read 5 times a second, not at every change.
+        if last_sample.elapsed() >= Duration::from_millis(200) {
+            last_sample = Instant::now();
+            meter.sample();
         }
     }
-    let took = started.elapsed();
-    let controller_after = proc_stat(pid).map_err(|e| format!("controller: {e}"))?;
-    let generator_after = proc_stat("self").map_err(|e| e.to_string())?;
-    Ok(Phase {
-        started,
-        took,
-        changes,
-        expected,
-        write_us,
-        peak_rss_kib,
-        controller: (controller_before, controller_after),
-        generator: (generator_before, generator_after),
+    meter.finish()
+}
+
+/// Kubernetes mode until the proxies connect: the filled test API server, its kubeconfig, and the
+/// controller started against it and ready.
+struct KubeStart {
+    cluster: kube::Cluster,
+    controller: kube::Controller,
+    /// From the controller's start to its /ready answering 200 (every kind listed, mesh built).
+    ready_after: Duration,
+    /// List requests per kind until then.
+    lists: [usize; 3],
+}
+
+async fn start_kubernetes(args: &RunArgs) -> Result<KubeStart, String> {
+    let services = args.mesh.services;
+    eprintln!(
+        "filling the test API server: {services} Services, {services} EndpointSlices, {} Pods",
+        services * ENDPOINTS_PER_SERVICE
+    );
+    let meshed = args.mesh.meshed;
+    let cluster = tokio::task::spawn_blocking(move || kube::Cluster::start(services, meshed))
+        .await
+        .map_err(|e| e.to_string())??;
+    eprintln!(
+        "filled in {:.1} s (resourceVersion {}); API server at {}",
+        cluster.fill_time.as_secs_f64(),
+        cluster.revision,
+        cluster.api.url()
+    );
+    let kubeconfig = args
+        .kubeconfig
+        .as_ref()
+        .ok_or("--kubeconfig is required in Kubernetes mode")?;
+    std::fs::write(kubeconfig, cluster.api.kubeconfig())
+        .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+    let mut controller = kube::Controller::spawn(
+        &args.controller,
+        &args.controller_log,
+        args.controller_pid_file.as_ref(),
+    )?;
+    let started = Instant::now();
+    eprintln!(
+        "controller started (pid {}); waiting for its /ready",
+        controller.pid
+    );
+    let url = format!("http://{}/ready", args.admin);
+    let deadline = started + Duration::from_secs(args.ready_timeout);
+    let mut last_log = Instant::now();
+    loop {
+        if let Ok(r) = strait_tests::client::http_get(&url).await
+            && r.status == 200
+        {
+            break;
+        }
+        controller.running()?;
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the controller was not ready within {} s",
+                args.ready_timeout
+            ));
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            last_log = Instant::now();
+            let lists = cluster.lists();
+            eprintln!(
+                "  {:.0} s: list requests so far: {} Services, {} EndpointSlices, {} Pods",
+                started.elapsed().as_secs_f64(),
+                lists[0],
+                lists[1],
+                lists[2]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready_after = started.elapsed();
+    eprintln!("controller ready after {:.1} s", ready_after.as_secs_f64());
+    Ok(KubeStart {
+        lists: cluster.lists(),
+        cluster,
+        controller,
+        ready_after,
     })
 }
 
@@ -932,20 +1155,36 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if services == 0 || args.proxies == 0 {
         return Err("--services and --proxies must be at least 1".into());
     }
-    let pid = args.controller_pid.to_string();
     let started = Instant::now();
+    // Embedded mode: the mutator's view of the mesh is the file as the script wrote it (same
+    // generator, generation 0). Kubernetes mode: the API server is filled and the controller
+    // started here.
+    let (mut mesh, mut kube) = (None, None);
+    let pid = match args.source {
+        Source::Embedded => {
+            mesh = Some(Arc::new(Mutex::new(MeshGen::new(
+                services,
+                args.mesh.meshed,
+            ))));
+            args.controller_pid
+                .ok_or("--controller-pid is required in embedded mode")?
+        }
+        Source::Kubernetes => {
+            let k = start_kubernetes(&args).await?;
+            let pid = k.controller.pid;
+            kube = Some(k);
+            pid
+        }
+    }
+    .to_string();
     let idle = proc_stat(&pid).map_err(|e| format!("controller pid {pid}: {e}"))?;
-
-    // The mutator's view of the mesh: the file as the script wrote it (same generator, generation 0).
-    let mesh = MeshGen::new(services, args.mesh.meshed);
-    let file_bytes = mesh.text().len();
-    let mesh = Arc::new(Mutex::new(mesh));
     let mut plan = Plan::new(args.proxies, args.subscriptions, services);
-    let shared = Arc::new(Shared::new(&plan.subscribers));
+    let shared = Arc::new(Shared::new(args.source, &plan.subscribers));
 
+    let connecting = Instant::now();
     let connected = connect(&args, std::mem::take(&mut plan.proxies), &shared).await?;
     let synced = wait_for_sync(&shared, plan.total, Duration::from_secs(args.sync_timeout)).await;
-    let sync_time = started.elapsed();
+    let sync_time = connecting.elapsed();
     eprintln!(
         "{synced} of {} subscriptions synced in {:.1} s",
         plan.total,
@@ -956,7 +1195,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let at_sync = proc_stat(&pid).map_err(|e| format!("controller: {e}"))?;
     let before = scrape(args.admin).await?;
 
-    let phase = mutate(&args, &mesh, &plan, &shared, &pid).await?;
+    let phase = match (&mesh, &mut kube) {
+        (Some(mesh), _) => mutate(&args, mesh, &plan, &shared, &pid).await?,
+        (None, Some(k)) => mutate_kubernetes(&args, &mut k.cluster, &plan, &shared, &pid).await?,
+        (None, None) => unreachable!("one source is set up"),
+    };
     eprintln!(
         "{} changes in {:.1} s; waiting for their {} deliveries",
         phase.changes,
@@ -973,22 +1216,52 @@ async fn run(args: RunArgs) -> Result<(), String> {
         after: scrape(args.admin).await?,
     };
 
-    // After the measurement: what one parse of the final file costs with the controller's YAML
-    // parser (on this process's core).
-    let text = mesh.lock().unwrap().text();
-    let parse = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        let ok = strait_proto::mesh::MeshFile::parse(&text).is_ok();
-        (t.elapsed(), ok)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let source = match (mesh, kube) {
+        (Some(mesh), _) => {
+            // After the measurement: what one parse of the final file costs with the controller's
+            // YAML parser (on this process's core).
+            let text = mesh.lock().unwrap().text();
+            let bytes = text.len();
+            let parse = tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let ok = strait_proto::mesh::MeshFile::parse(&text).is_ok();
+                (t.elapsed(), ok)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            SourceFacts::File { bytes, parse }
+        }
+        (None, Some(mut k)) => {
+            let facts = KubeFacts {
+                counts: k.cluster.counts,
+                sizes: k.cluster.sizes,
+                revision: k.cluster.revision,
+                fill_time: k.cluster.fill_time,
+                ready_after: k.ready_after,
+                lists: k.lists,
+                lists_at_end: k.cluster.lists(),
+                watches: k
+                    .cluster
+                    .api
+                    .requests()
+                    .iter()
+                    .filter(|r| r.is_watch())
+                    .count(),
+            };
+            // The controller goes before the API server it watches.
+            if let Err(e) = k.controller.stop() {
+                eprintln!("stopping the controller: {e}");
+            }
+            SourceFacts::Kubernetes(facts)
+        }
+        (None, None) => unreachable!("one source is set up"),
+    };
 
     let outcome = Outcome {
         args: &args,
         plan: &plan,
         shared: &shared,
-        file_bytes,
+        source,
         connected,
         synced,
         sync_time,
@@ -997,7 +1270,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
         drained,
         phase,
         scrapes,
-        parse,
         run_time: started.elapsed(),
     };
     let missing = outcome.missing();
@@ -1063,11 +1335,37 @@ fn goal(goal: &str, met: bool) -> String {
     format!("{goal}: {}", if met { "met" } else { "not met" })
 }
 
+/// What the report says about the mesh's source.
+enum SourceFacts {
+    /// Embedded mode: the final mesh file's size, and one parse of it (time, success).
+    File {
+        bytes: usize,
+        parse: (Duration, bool),
+    },
+    Kubernetes(KubeFacts),
+}
+
+struct KubeFacts {
+    /// Objects per kind in the API server ([`kube::KINDS`] order), and one object's JSON size.
+    counts: [usize; 3],
+    sizes: [usize; 3],
+    /// The resourceVersion after the fill, and how long the fill took.
+    revision: u64,
+    fill_time: Duration,
+    /// From the controller's start to its /ready.
+    ready_after: Duration,
+    /// List requests (pages) per kind until /ready, and in the whole run.
+    lists: [usize; 3],
+    lists_at_end: [usize; 3],
+    /// Watch requests in the whole run.
+    watches: usize,
+}
+
 struct Outcome<'a> {
     args: &'a RunArgs,
     plan: &'a Plan,
     shared: &'a Shared,
-    file_bytes: usize,
+    source: SourceFacts,
     connected: Connected,
     synced: usize,
     sync_time: Duration,
@@ -1077,7 +1375,6 @@ struct Outcome<'a> {
     drained: ProcStat,
     phase: Phase,
     scrapes: Scrapes,
-    parse: (Duration, bool),
     run_time: Duration,
 }
 
@@ -1089,7 +1386,12 @@ impl Outcome<'_> {
     }
 
     fn report(&self) -> String {
-        let mut r = String::from("# Controller benchmark (`make bench-controller`)\n\n");
+        let mut r = String::from(match self.source {
+            SourceFacts::File { .. } => "# Controller benchmark (`make bench-controller`)\n\n",
+            SourceFacts::Kubernetes(_) => {
+                "# Controller benchmark, Kubernetes mode (`make bench-controller-k8s`)\n\n"
+            }
+        });
         self.setup(&mut r);
         self.latencies(&mut r);
         self.resources(&mut r);
@@ -1117,17 +1419,65 @@ impl Outcome<'_> {
         for n in &args.note {
             let _ = writeln!(r, "- {n}");
         }
-        let _ = writeln!(
-            r,
-            "- mesh: {services} services x {ENDPOINTS_PER_SERVICE} endpoints = {} endpoints ({}), mesh file {:.1} MiB",
-            services * ENDPOINTS_PER_SERVICE,
-            if args.mesh.meshed {
-                "meshed: one workload per service, endpoints with a sidecar address and identity"
-            } else {
-                "plain endpoints, no workloads"
-            },
-            self.file_bytes as f64 / 1048576.0
-        );
+        let endpoints = services * ENDPOINTS_PER_SERVICE;
+        match &self.source {
+            SourceFacts::File { bytes, .. } => {
+                let _ = writeln!(
+                    r,
+                    "- source: embedded mode (`strait-controller --mesh-file`)\n- mesh: {services} services x {ENDPOINTS_PER_SERVICE} endpoints = {endpoints} endpoints ({}), mesh file {:.1} MiB",
+                    if args.mesh.meshed {
+                        "meshed: one workload per service, endpoints with a sidecar address and identity"
+                    } else {
+                        "plain endpoints, no workloads"
+                    },
+                    *bytes as f64 / 1048576.0
+                );
+            }
+            SourceFacts::Kubernetes(k) => {
+                let [services_n, slices_n, pods_n] = k.counts;
+                let total_bytes: usize = k.counts.iter().zip(k.sizes).map(|(n, b)| n * b).sum();
+                let _ = writeln!(
+                    r,
+                    "- source: Kubernetes mode (`strait-controller --kubernetes --kubeconfig`), watching the test API server the load generator runs in-process (`strait_tests::kube_api`: HTTP/1, JSON, lists in pages, watches with bookmarks) on its own thread and core"
+                );
+                let _ = writeln!(
+                    r,
+                    "- mesh: {services} services x {ENDPOINTS_PER_SERVICE} endpoints = {endpoints} endpoints ({})",
+                    if args.mesh.meshed {
+                        "meshed: every Pod has `strait.io/inject: enabled`, identity from its service account `svc-<i>`"
+                    } else {
+                        "Pods without the sidecar: plain endpoints, no workloads"
+                    }
+                );
+                let _ = writeln!(
+                    r,
+                    "- API server: {services_n} Services + {slices_n} EndpointSlices + {pods_n} Pods = {} objects, about {:.0} MiB as JSON (one Service {} B, one EndpointSlice of {ENDPOINTS_PER_SERVICE} endpoints {} B, one Pod {} B), filled in {:.1} s up to resourceVersion {}",
+                    services_n + slices_n + pods_n,
+                    total_bytes as f64 / 1048576.0,
+                    k.sizes[0],
+                    k.sizes[1],
+                    k.sizes[2],
+                    k.fill_time.as_secs_f64(),
+                    k.revision
+                );
+                let later: Vec<usize> = k
+                    .lists_at_end
+                    .iter()
+                    .zip(k.lists)
+                    .map(|(end, ready)| end - ready)
+                    .collect();
+                let _ = writeln!(
+                    r,
+                    "- initial list: the controller's `/ready` answered 200 **{:.1} s** after it started (the first complete list of all three kinds, then the first mesh built), after {} + {} + {} list requests (Services + EndpointSlices + Pods, kube's watcher pages of 500); later in the run: {} more list requests (a re-list after 410 Gone would show here) and {} watch requests",
+                    k.ready_after.as_secs_f64(),
+                    k.lists[0],
+                    k.lists[1],
+                    k.lists[2],
+                    later.iter().sum::<usize>(),
+                    k.watches
+                );
+            }
+        }
         let _ = writeln!(
             r,
             "- proxies: {} asked, {} streams up, {} held by the controller at the end (`strait_controller_discovery_streams`), over {} HTTP/2 connections ({} stream(s) each; {} connections failed)",
@@ -1149,7 +1499,7 @@ impl Outcome<'_> {
         );
         let _ = writeln!(
             r,
-            "- initial sync: {} of {} first snapshots {:.1} s after the load generator started (all connections open after {:.1} s)",
+            "- initial sync: {} of {} first snapshots {:.1} s after the proxies began to connect (all connections open after {:.1} s)",
             self.synced,
             plan.total,
             self.sync_time.as_secs_f64(),
@@ -1158,16 +1508,30 @@ impl Outcome<'_> {
         let book = self.shared.book.lock().unwrap();
         let writes = book.writes.len();
         let phase_s = self.phase.took.as_secs_f64();
-        let _ = writeln!(
-            r,
-            "- changes: {} endpoint moves in {phase_s:.1} s = {:.1}/s (asked {}/s), written as {writes} file rewrites ({:.1} changes each, one every {} ms on average, at a random phase to the controller's poll); {} deliveries expected\n",
-            self.phase.changes,
-            self.phase.changes as f64 / phase_s,
-            args.rate,
-            self.phase.changes as f64 / writes.max(1) as f64,
-            args.write_interval_ms,
-            self.phase.expected
-        );
+        match self.source {
+            SourceFacts::File { .. } => {
+                let _ = writeln!(
+                    r,
+                    "- changes: {} endpoint moves in {phase_s:.1} s = {:.1}/s (asked {}/s), written as {writes} file rewrites ({:.1} changes each, one every {} ms on average, at a random phase to the controller's poll); {} deliveries expected\n",
+                    self.phase.changes,
+                    self.phase.changes as f64 / phase_s,
+                    args.rate,
+                    self.phase.changes as f64 / writes.max(1) as f64,
+                    args.write_interval_ms,
+                    self.phase.expected
+                );
+            }
+            SourceFacts::Kubernetes(_) => {
+                let _ = writeln!(
+                    r,
+                    "- changes: {} EndpointSlice updates in {phase_s:.1} s = {:.1}/s (asked {}/s), one `KubeApi::modify` per change, evenly spaced, each setting the slice's port (so all {ENDPOINTS_PER_SERVICE} endpoints of the service move); {} deliveries expected\n",
+                    self.phase.changes,
+                    self.phase.changes as f64 / phase_s,
+                    args.rate,
+                    self.phase.expected
+                );
+            }
+        }
     }
 
     fn latencies(&self, r: &mut String) {
@@ -1192,33 +1556,50 @@ impl Outcome<'_> {
         };
         let push_q = |q| ms(self.scrapes.quantile_us(push, q));
         let p99 = deliveries.quantile(0.99);
+        let kubernetes = matches!(self.source, SourceFacts::Kubernetes(_));
+        let (from, write, published, mutator) = if kubernetes {
+            (
+                "the EndpointSlice update (`modify` call)",
+                "slice update",
+                "mesh published (after the conversion of the three stores)",
+                "the mutator's `modify` call (get, change, store, wake the watches)",
+            )
+        } else {
+            (
+                "the file write",
+                "file write",
+                "mesh published (after the file's read and parse)",
+                "the mutator's file render + write",
+            )
+        };
         let _ = writeln!(r, "| measure | min | p50 | p90 | p99 | max | goal |");
         let _ = writeln!(r, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
         let _ = writeln!(
             r,
-            "| change → delivery at every subscriber, end to end from the file write ({} deliveries) | {} | {} |",
+            "| change → delivery at every subscriber, end to end from {from} ({} deliveries) | {} | {} |",
             deliveries.0.len(),
             deliveries.cells(),
             goal("p99 < 100 ms", p99.is_some_and(|p| p < 100_000))
         );
         let _ = writeln!(
             r,
-            "| file write → its first delivery anywhere ({} writes) | {} | |",
+            "| {write} → its first delivery anywhere ({} {write}s) | {} | |",
             first.0.len(),
             first.cells()
         );
-        let _ = writeln!(r, "| file write → its last delivery | {} | |", last.cells());
+        let _ = writeln!(r, "| {write} → its last delivery | {} | |", last.cells());
         let _ = writeln!(
             r,
-            "| controller's own view: `{push}`, mesh published (after the file's read and parse) → update written to the stream ({pushes:.0} updates, mean {push_mean}) | | {} | {} | {} | | |",
+            "| controller's own view: `{push}`, {published} → update written to the stream ({pushes:.0} updates, mean {push_mean}) | | {} | {} | {} | | |",
             push_q(0.5),
             push_q(0.9),
             push_q(0.99)
         );
         let _ = writeln!(
             r,
-            "| the mutator's file render + write ({} writes) | {} | |\n",
+            "| {mutator} ({} {}) | {} | |\n",
             self.phase.write_us.len(),
+            if kubernetes { "calls" } else { "writes" },
             Dist::new(self.phase.write_us.clone()).cells()
         );
     }
@@ -1232,6 +1613,57 @@ impl Outcome<'_> {
         let ctl_cpu = ctl1.cpu_s - ctl0.cpu_s;
         let ctl_wait = ctl1.runqueue_wait_s - ctl0.runqueue_wait_s;
         let gen_cpu = gen1.cpu_s - gen0.cpu_s;
+        let kinds_growth = |name: &str| {
+            kube::KINDS
+                .iter()
+                .map(|k| format!("{:.0}", s.growth(name, &[("kind", k)])))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        // What the source did during the changes, and one more fact about it.
+        let (source_row, fact_row) = match &self.source {
+            SourceFacts::File { parse, .. } => (
+                (
+                    "mesh reloads during the changes (ok / error)".to_string(),
+                    format!(
+                        "{:.0} / {:.0}",
+                        s.growth("strait_controller_config_reloads_total", &[("result", "ok")]),
+                        s.growth("strait_controller_config_reloads_total", &[("result", "error")])
+                    ),
+                    String::new(),
+                ),
+                (
+                    "one parse of the final mesh file (`MeshFile::parse`, the controller's YAML parser), timed in the load generator after the run".to_string(),
+                    format!(
+                        "{:.0} ms{}",
+                        parse.0.as_secs_f64() * 1000.0,
+                        if parse.1 { "" } else { " (failed!)" }
+                    ),
+                    String::new(),
+                ),
+            ),
+            SourceFacts::Kubernetes(k) => (
+                (
+                    "complete lists / failed lists and watches during the changes, Services + EndpointSlices + Pods (`strait_controller_watch_lists_total`, `strait_controller_watch_errors_total`)".to_string(),
+                    format!(
+                        "{} / {}",
+                        kinds_growth("strait_controller_watch_lists_total"),
+                        kinds_growth("strait_controller_watch_errors_total")
+                    ),
+                    "0 / 0".into(),
+                ),
+                (
+                    "objects in the controller's view at the end, Services / EndpointSlices / Pods (`strait_controller_watched_objects`; the API server holds the counts above)".to_string(),
+                    kube::KINDS
+                        .iter()
+                        .map(|kind| format!("{:.0}", metrics::value(&s.after, "strait_controller_watched_objects", &[("kind", kind)])))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                    k.counts.map(|n| n.to_string()).join(" / "),
+                ),
+            ),
+        };
+        let kubernetes = matches!(self.source, SourceFacts::Kubernetes(_));
         let rows: Vec<(String, String, String)> = vec![
             (
                 "deliveries received / expected at the streams open when the change was written"
@@ -1258,22 +1690,17 @@ impl Outcome<'_> {
                 ),
                 String::new(),
             ),
-            (
-                "mesh reloads during the changes (ok / error)".into(),
-                format!(
-                    "{:.0} / {:.0}",
-                    s.growth("strait_controller_config_reloads_total", &[("result", "ok")]),
-                    s.growth("strait_controller_config_reloads_total", &[("result", "error")])
-                ),
-                String::new(),
-            ),
+            source_row,
             (
                 "controller peak RSS (VmHWM)".into(),
                 mib(self.drained.hwm_kib),
                 goal("< 1 GiB", self.drained.hwm_kib < 1024 * 1024),
             ),
             (
-                "controller RSS: mesh loaded, no proxies / all subscribed / highest seen during the changes / end".into(),
+                format!(
+                    "controller RSS: {}, no proxies / all subscribed / highest seen during the changes / end",
+                    if kubernetes { "objects listed" } else { "mesh loaded" }
+                ),
                 format!(
                     "{} / {} / {} / {}",
                     mib(self.idle.rss_kib),
@@ -1300,7 +1727,10 @@ impl Outcome<'_> {
                 String::new(),
             ),
             (
-                "controller CPU: start and load / initial sync of every proxy".into(),
+                format!(
+                    "controller CPU: start and {} / initial sync of every proxy",
+                    if kubernetes { "initial list" } else { "load" }
+                ),
                 format!(
                     "{:.1} s / {:.1} s",
                     self.idle.cpu_s,
@@ -1314,7 +1744,10 @@ impl Outcome<'_> {
                 String::new(),
             ),
             (
-                "load generator CPU during the changes / time waiting for its core".into(),
+                format!(
+                    "load generator CPU during the changes{} / time waiting for its core",
+                    if kubernetes { " (the test API server's thread included)" } else { "" }
+                ),
                 format!(
                     "{gen_cpu:.1} s = {:.0} % of its one core / {:.1} s",
                     gen_cpu / phase_s * 100.0,
@@ -1322,15 +1755,7 @@ impl Outcome<'_> {
                 ),
                 String::new(),
             ),
-            (
-                "one parse of the final mesh file (`MeshFile::parse`, the controller's YAML parser), timed in the load generator after the run".into(),
-                format!(
-                    "{:.0} ms{}",
-                    self.parse.0.as_secs_f64() * 1000.0,
-                    if self.parse.1 { "" } else { " (failed!)" }
-                ),
-                String::new(),
-            ),
+            fact_row,
             (
                 "NotFound answers / stale snapshots".into(),
                 format!(
