@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test demo bench bench-smoke bench-tls bench-policy bench-controller check-deps release clean help
+.PHONY: all build test demo bench bench-smoke bench-tls bench-policy bench-controller bench-controller-k8s check-deps release clean help
 
 all: build
 
@@ -41,6 +41,10 @@ bench-policy:
 ## bench-controller  one controller: 10k services, 100k endpoints, 10k proxies, 100 changes/s (bench/results/controller-latest.md)
 bench-controller:
 	./bench/controller.sh
+
+## bench-controller-k8s  the same in Kubernetes mode: 10k Services, 10k EndpointSlices, 100k Pods in a test API server (bench/results/controller-k8s-latest.md)
+bench-controller-k8s:
+	./bench/controller.sh --kubernetes
 
 ## check-deps     the proxy links neither kube nor k8s-openapi
 check-deps:
