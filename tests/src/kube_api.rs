@@ -574,8 +574,7 @@ fn list(shared: &Shared, resource: Resource, selection: &Selection, query: &BTre
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|&l| l > 0);
     let mut matching = state
         .storage
-        .list(resource, selection)
-        .filter(|(k, _)| after.as_ref().is_none_or(|(ns, name)| (&k.namespace, &k.name) > (ns, name)))
+        .list_after(resource, selection, after.as_ref().map(|(ns, name)| (ns.as_str(), name.as_str())))
         .peekable();
     let mut items = Vec::new();
     let mut last: Option<&Key> = None;

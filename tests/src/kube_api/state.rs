@@ -1,7 +1,7 @@
 //! The test API server's storage: objects, the global resourceVersion counter, and the history of
 //! changes that watches replay, with etcd-like compaction.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, ops::Bound};
 
 use serde_json::{Value, json};
 
@@ -149,6 +149,10 @@ impl Selection {
         if self.namespace.as_ref().is_some_and(|ns| *ns != key.namespace) {
             return false;
         }
+        // Without selectors (the common case: a whole collection) nothing of the object is read.
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return true;
+        }
         let labels = &object["metadata"]["labels"];
         satisfied(&self.labels, |k| labels[k].as_str().map(String::from))
             && satisfied(&self.fields, |path| {
@@ -244,7 +248,32 @@ impl Storage {
 
     /// The objects of `resource` that `selection` selects, in storage order (namespace, name).
     pub fn list<'a>(&'a self, resource: Resource, selection: &'a Selection) -> impl Iterator<Item = (&'a Key, &'a Value)> {
-        self.objects.iter().filter(move |(k, v)| k.resource == resource && selection.matches(k, v))
+        self.list_after(resource, selection, None)
+    }
+
+    /// [`Storage::list`] from after the object `after` (namespace, name), which need not exist:
+    /// the next page of a paginated list. Objects are kept in key order (resource, namespace,
+    /// name), so this reads only the resource's (or the namespace's) objects from there on,
+    /// however many other objects the storage holds.
+    pub fn list_after<'a>(
+        &'a self,
+        resource: Resource,
+        selection: &'a Selection,
+        after: Option<(&str, &str)>,
+    ) -> impl Iterator<Item = (&'a Key, &'a Value)> {
+        let first = Key { resource, namespace: selection.namespace.clone().unwrap_or_default(), name: String::new() };
+        let start = match after {
+            Some((namespace, name)) if (namespace, name) >= (first.namespace.as_str(), "") => {
+                Bound::Excluded(Key { resource, namespace: namespace.to_string(), name: name.to_string() })
+            }
+            _ => Bound::Included(first),
+        };
+        self.objects
+            .range((start, Bound::Unbounded))
+            .take_while(move |(k, _)| {
+                k.resource == resource && selection.namespace.as_ref().is_none_or(|ns| *ns == k.namespace)
+            })
+            .filter(move |(k, v)| selection.matches(k, v))
     }
 
     /// The watch events after revision `after` for `resource` and `selection`, as a watcher must see
@@ -309,6 +338,30 @@ mod tests {
         let services = Resource::by_plural("v1", "services").unwrap();
         let events: Vec<_> = s.events_after(0, services, &selection).into_iter().map(|(e, _)| e).collect();
         assert_eq!(events, [EventType::Added, EventType::Deleted, EventType::Added]);
+    }
+
+    #[test]
+    fn pages_start_after_the_given_object() {
+        let mut s = Storage::default();
+        let pod = |ns: &str, name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}});
+        for (ns, name) in [("a", "p1"), ("a", "p2"), ("b", "p1"), ("b", "p3"), ("c", "p1")] {
+            s.put(pod(ns, name)).unwrap();
+        }
+        s.put(service("z", json!({}))).unwrap();
+        let pods = Resource::by_plural("v1", "pods").unwrap();
+        let names = |selection: &Selection, after| {
+            s.list_after(pods, selection, after).map(|(k, _)| format!("{}/{}", k.namespace, k.name)).collect::<Vec<_>>()
+        };
+        let all = Selection::default();
+        assert_eq!(names(&all, None), ["a/p1", "a/p2", "b/p1", "b/p3", "c/p1"]);
+        assert_eq!(names(&all, Some(("a", "p2"))), ["b/p1", "b/p3", "c/p1"]);
+        assert_eq!(names(&all, Some(("b", "p2"))), ["b/p3", "c/p1"], "after an object that does not exist");
+        assert_eq!(names(&all, Some(("c", "p1"))), Vec::<String>::new());
+        let in_b = Selection { namespace: Some("b".into()), ..Default::default() };
+        assert_eq!(names(&in_b, None), ["b/p1", "b/p3"]);
+        assert_eq!(names(&in_b, Some(("a", "p9"))), ["b/p1", "b/p3"], "a key before the namespace");
+        assert_eq!(names(&in_b, Some(("b", "p1"))), ["b/p3"]);
+        assert_eq!(names(&in_b, Some(("c", ""))), Vec::<String>::new(), "a key after the namespace");
     }
 
     #[test]
