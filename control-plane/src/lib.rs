@@ -183,7 +183,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
     }));
     if let Some((client, options)) = kubernetes.clone() {
         let settings = k8s::Settings { trust_domain: options.trust_domain, ..k8s::Settings::default() };
-        let watch = k8s::run(client, settings, store, metrics.clone(), config.push_interval, shutdown.clone());
+        let watch = k8s::run(client, settings, store, metrics.clone(), shutdown.clone());
         tasks.spawn(named("Kubernetes watcher", async move {
             watch.await;
             Ok(())

@@ -11,8 +11,8 @@
 //! object, and only the Services it touches are converted again: a Service itself, the Service an
 //! EndpointSlice is labelled with (before and after), the Services whose endpoints a Pod backs (and
 //! the Pod's workload). A re-list (after 410 Gone) rebuilds the whole mesh, which the store compares
-//! with what it has. Bursts are coalesced the way the store coalesces pushes: a lone change at once,
-//! then at most one pass per interval.
+//! with what it has. A pass takes every object marked since the last one; the store coalesces
+//! bursts into pushes, so this stage adds no delay of its own.
 
 pub mod client;
 pub mod convert;
@@ -24,7 +24,6 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
-    time::Duration,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -32,7 +31,6 @@ use kube::{
     Api, Client,
     runtime::reflector::{ObjectRef, Store as Reflected},
 };
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::pod::Pod;
@@ -81,7 +79,6 @@ pub async fn run(
     settings: Settings,
     store: Store,
     metrics: Arc<Metrics>,
-    interval: Duration,
     shutdown: CancellationToken,
 ) {
     let dirty = Arc::new(watch::Dirty::default());
@@ -108,7 +105,6 @@ pub async fn run(
         let mut relations = Relations::default();
         let mut whole = true;
         loop {
-            let built = Instant::now();
             let changed = dirty.take();
             for (kind, n) in KINDS.iter().zip([stores.services.len(), stores.slices.len(), stores.pods.len()]) {
                 metrics.watched_objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -131,10 +127,6 @@ pub async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = dirty.wait() => {}
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(built + interval) => {}
             }
         }
     }
