@@ -28,6 +28,9 @@
 #   BENCH_NICE=N                   run both under `nice -n N` (-10 as root; no help against other cgroups)
 #   BENCH_NO_BUILD=1               use the release binaries as they are
 #   BENCH_KEEP=1                   keep the work dir (mesh file or kubeconfig, controller log)
+#   BENCH_CONTROLLER_BIN=PATH      another strait-controller binary (e.g. one built with symbols)
+#   BENCH_WRAP="heaptrack -o F"    a command the controller runs under (profiling: the report's RSS
+#                                  and CPU are then the wrapper's process, not the controller's)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"   # bench_args, log, warn, die, alloc_ports, wait_ready
 
@@ -69,6 +72,8 @@ else
 fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET_DIR/release"
+CONTROLLER_BIN=${BENCH_CONTROLLER_BIN:-$BIN/strait-controller}
+read -ra WRAP <<< "${BENCH_WRAP:-}"
 
 pinned() { # pinned CPU CMD...: CMD on that CPU, at the asked priority
     local cpu=$1
@@ -131,7 +136,7 @@ if [[ $SOURCE == embedded ]]; then
 
     log "starting strait-controller on CPU $SUT_CPU"
     # nice and taskset exec the controller, so $! is its pid.
-    STRAIT_LOG=${STRAIT_LOG:-info} nice -n "$NICE" taskset -c "$SUT_CPU" "$BIN/strait-controller" \
+    STRAIT_LOG=${STRAIT_LOG:-info} nice -n "$NICE" taskset -c "$SUT_CPU" "${WRAP[@]}" "$CONTROLLER_BIN" \
         --mesh-file "$MESH" --state-dir "$WORK/state" "${LISTEN[@]}" \
         >"$WORK/controller.log" 2>&1 &
     CONTROLLER_PID=$!
@@ -147,7 +152,7 @@ else
     # inherits the generator's nice value.
     SOURCE_ARGS=(--source kubernetes --kubeconfig "$WORK/kubeconfig"
         --controller-log "$WORK/controller.log" --controller-pid-file "$WORK/controller.pid"
-        -- env "STRAIT_LOG=${STRAIT_LOG:-info}" taskset -c "$SUT_CPU" "$BIN/strait-controller"
+        -- env "STRAIT_LOG=${STRAIT_LOG:-info}" taskset -c "$SUT_CPU" "${WRAP[@]}" "$CONTROLLER_BIN"
         --kubernetes --kubeconfig "$WORK/kubeconfig" --trust-domain cluster.local "${LISTEN[@]}")
     CONTROLLER_NOTE="controller (Kubernetes mode, started by the load generator once its API server was filled) pinned to CPU $SUT_CPU"
 fi

@@ -251,8 +251,9 @@ pub struct Builder {
     trust_domain: String,
     services: HashMap<ServiceName, Service>,
     workloads: HashMap<WorkloadRef, Workload>,
-    /// Workload → the services whose endpoints name it (identity and opaque ports follow it).
-    referenced_by: HashMap<WorkloadRef, HashSet<ServiceName>>,
+    /// Workload → the services whose endpoints name it (identity and opaque ports follow it). A
+    /// list, not a set: nearly always one service, and a cluster has a workload per pod.
+    referenced_by: HashMap<WorkloadRef, Vec<ServiceName>>,
     /// Cluster IP → the services that claim it (a broken source may give one IP twice).
     ip_claims: HashMap<IpAddr, BTreeSet<ServiceName>>,
     entries: HashMap<ServiceName, Arc<ServiceEntry>>,
@@ -335,44 +336,52 @@ impl Builder {
     }
 
     fn set_service(&mut self, name: ServiceName, new: Option<Service>, dirty: &mut Dirty) {
-        let old = match &new {
-            Some(s) => self.services.insert(name.clone(), s.clone()),
-            None => self.services.remove(&name),
-        };
-        for (s, claim) in old.iter().map(|s| (s, false)).chain(new.iter().map(|s| (s, true))) {
-            if claim {
-                self.endpoints += s.endpoints.len();
-            } else {
-                self.endpoints -= s.endpoints.len();
-            }
-            let opaque = s.ports.iter().any(|p| p.protocol == Protocol::Opaque);
-            for w in s.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
-                let key = workload_key(&w.namespace, &w.name);
-                if claim {
-                    self.referenced_by.entry(key.clone()).or_default().insert(name.clone());
-                } else if let Some(names) = self.referenced_by.get_mut(&key) {
-                    names.remove(&name);
-                    if names.is_empty() {
-                        self.referenced_by.remove(&key);
-                    }
-                }
-                if opaque {
-                    dirty.workloads.insert(key);
-                }
-            }
-            for ip in &s.cluster_ips {
-                if claim {
-                    self.ip_claims.entry(*ip).or_default().insert(name.clone());
-                } else if let Some(names) = self.ip_claims.get_mut(ip) {
-                    names.remove(&name);
-                    if names.is_empty() {
-                        self.ip_claims.remove(ip);
-                    }
-                }
-                dirty.ips.insert(*ip);
-            }
+        if let Some(old) = self.services.remove(&name) {
+            self.account(&name, &old, false, dirty);
+        }
+        if let Some(s) = new {
+            self.account(&name, &s, true, dirty);
+            self.services.insert(name.clone(), s);
         }
         dirty.services.insert(name);
+    }
+
+    /// Adds (`claim`) or takes away what a service's endpoints and cluster IPs refer to.
+    fn account(&mut self, name: &ServiceName, s: &Service, claim: bool, dirty: &mut Dirty) {
+        if claim {
+            self.endpoints += s.endpoints.len();
+        } else {
+            self.endpoints -= s.endpoints.len();
+        }
+        let opaque = s.ports.iter().any(|p| p.protocol == Protocol::Opaque);
+        for w in s.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
+            let key = workload_key(&w.namespace, &w.name);
+            if claim {
+                let names = self.referenced_by.entry(key.clone()).or_default();
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            } else if let Some(names) = self.referenced_by.get_mut(&key) {
+                names.retain(|n| n != name);
+                if names.is_empty() {
+                    self.referenced_by.remove(&key);
+                }
+            }
+            if opaque {
+                dirty.workloads.insert(key);
+            }
+        }
+        for ip in &s.cluster_ips {
+            if claim {
+                self.ip_claims.entry(*ip).or_default().insert(name.clone());
+            } else if let Some(names) = self.ip_claims.get_mut(ip) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.ip_claims.remove(ip);
+                }
+            }
+            dirty.ips.insert(*ip);
+        }
     }
 
     fn set_workload(&mut self, key: WorkloadRef, new: Option<Workload>, dirty: &mut Dirty) {

@@ -4,6 +4,9 @@
 //! one discovery stream per proxy, so at 10,000 proxies that is 160 MiB of buffers, while a
 //! discovery message is a few hundred bytes (an update of a 10-endpoint service is about 1 KiB).
 //! Buffers still grow to the largest message when one comes; [`BUFFER_SIZE`] is where they start.
+//! The encode buffer also collects the messages that are ready before handing them to HTTP/2, up
+//! to [`YIELD_THRESHOLD`], and keeps the capacity it grew to: tonic's 32 KiB let a proxy's first
+//! ten answers grow it to 16 KiB for the stream's whole life.
 
 use std::marker::PhantomData;
 
@@ -14,9 +17,10 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 /// Initial size of a stream's encode and decode buffers: one typical message.
 pub const BUFFER_SIZE: usize = 1024;
 
-/// How much encoded data a stream buffers before handing it to the transport (tonic's default).
-/// A burst of updates to one proxy is sent in chunks of this size.
-pub const YIELD_THRESHOLD: usize = 32 * 1024;
+/// How much encoded data a stream collects before handing it to the transport (tonic's default is
+/// 32 KiB). A burst of updates to one proxy goes out in chunks of this size: a few messages each,
+/// which costs a few more HTTP/2 frames and nothing a proxy notices.
+pub const YIELD_THRESHOLD: usize = 4 * 1024;
 
 /// [`ProstCodec`] with [`BUFFER_SIZE`] buffers; the generated clients and servers use it.
 #[derive(Debug, Clone)]

@@ -129,7 +129,7 @@ pub fn mesh(
 
 /// Whether the pod runs the Strait sidecar.
 pub fn has_sidecar(pod: &Pod) -> bool {
-    let annotated = pod.metadata.annotations.as_ref().and_then(|a| a.get(INJECT_ANNOTATION)).is_some_and(|v| v == "enabled");
+    let annotated = pod.annotation(INJECT_ANNOTATION) == Some("enabled");
     annotated || containers(pod).any(|c| c.name == PROXY_CONTAINER)
 }
 
@@ -184,7 +184,7 @@ pub fn inbound_errors(pod: &Pod) -> Vec<PodAnnotationError> {
 /// The pod's inbound mode and opaque ports (sorted, deduplicated) from its annotations, and what
 /// was wrong with them.
 fn inbound(pod: &Pod) -> (InboundMode, Vec<u16>, Vec<PodAnnotationError>) {
-    let annotation = |key| pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let annotation = |key| pod.annotation(key).map(str::trim).filter(|v| !v.is_empty());
     let mut errors = Vec::new();
     let mode = match annotation(INBOUND_MODE_ANNOTATION) {
         None | Some("permissive") => InboundMode::Permissive,

@@ -157,8 +157,8 @@ struct Relations {
     slice_owner: HashMap<Key, Key>,
     /// Service → the names of its EndpointSlices (in its namespace).
     slices_of: HashMap<Key, BTreeSet<String>>,
-    /// Pod → the Services whose endpoints it backs.
-    services_of_pod: HashMap<Key, HashSet<Key>>,
+    /// Pod → the Services whose endpoints it backs (a list: nearly always one).
+    services_of_pod: HashMap<Key, Vec<Key>>,
     /// Service → the Pods its endpoints name (to take it out of `services_of_pod` again).
     pods_of: HashMap<Key, Vec<Key>>,
 }
@@ -201,7 +201,7 @@ impl Relations {
     fn set_pods(&mut self, service: Key, model: Option<&crate::model::Service>) {
         for pod in self.pods_of.remove(&service).into_iter().flatten() {
             if let Some(services) = self.services_of_pod.get_mut(&pod) {
-                services.remove(&service);
+                services.retain(|s| *s != service);
                 if services.is_empty() {
                     self.services_of_pod.remove(&pod);
                 }
@@ -214,7 +214,10 @@ impl Relations {
             .map(|w| (w.namespace.clone(), w.name.clone()))
             .collect();
         for pod in &pods {
-            self.services_of_pod.entry(pod.clone()).or_default().insert(service.clone());
+            let services = self.services_of_pod.entry(pod.clone()).or_default();
+            if !services.contains(&service) {
+                services.push(service.clone());
+            }
         }
         if !pods.is_empty() {
             self.pods_of.insert(service, pods);

@@ -18,6 +18,28 @@ pub struct Pod {
     pub metadata: ObjectMeta,
     pub spec: Option<PodSpec>,
     pub status: Option<PodStatus>,
+    /// The `*strait.io/*` annotations, moved out of `metadata` by the watcher's trim: a map of
+    /// annotations costs half a KiB even with one entry (a B-tree node), a short list does not.
+    #[serde(skip)]
+    pub strait_annotations: Vec<(String, String)>,
+}
+
+impl Pod {
+    /// An annotation's value, from the trimmed list or, on an untrimmed Pod, the metadata.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        let trimmed = self.strait_annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        trimmed.or_else(|| self.metadata.annotations.as_ref()?.get(key).map(String::as_str))
+    }
+
+    /// Keeps only the `*strait.io/*` annotations, in [`Pod::strait_annotations`].
+    pub fn trim_annotations(&mut self) {
+        let all = self.metadata.annotations.take().unwrap_or_default();
+        self.strait_annotations = all.into_iter().filter(|(k, _)| is_strait(k)).collect();
+    }
+}
+
+fn is_strait(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, _)| prefix == "strait.io" || prefix.ends_with(".strait.io"))
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -115,6 +137,12 @@ status: {phase: Running, podIP: 10.1.0.11, conditions: [{type: Ready, status: "T
         let ports = spec.containers[0].ports.as_ref().unwrap();
         assert_eq!((ports[0].name.as_deref(), ports[0].container_port, ports[1].protocol.as_deref()), (Some("http"), 8080, Some("UDP")));
         assert_eq!(spec.init_containers.as_ref().unwrap()[0].restart_policy.as_deref(), Some("Always"));
-        assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Running"));
+        assert_eq!(pod.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+        let mut trimmed = pod.clone();
+        trimmed.metadata.annotations.as_mut().unwrap().insert("other.example/x".into(), "y".into());
+        trimmed.trim_annotations();
+        assert_eq!(trimmed.metadata.annotations, None);
+        assert_eq!(trimmed.strait_annotations, [("strait.io/inject".to_string(), "enabled".to_string())]);
+        assert_eq!((trimmed.annotation("strait.io/inject"), pod.annotation("strait.io/inject")), (Some("enabled"), Some("enabled")));
     }
 }

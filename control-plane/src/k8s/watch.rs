@@ -145,9 +145,7 @@ pub fn trim_slice(s: &mut EndpointSlice) {
 /// owner references and the annotations of other tools go too (only `*strait.io/*` ones are read).
 pub fn trim_pod(p: &mut Pod) {
     trim_meta(p);
-    if let Some(annotations) = &mut p.metadata.annotations {
-        annotations.retain(|k, _| k.split_once('/').is_some_and(|(prefix, _)| prefix == "strait.io" || prefix.ends_with(".strait.io")));
-    }
+    p.trim_annotations();
     p.metadata.labels = None;
     p.metadata.owner_references = None;
     p.metadata.generate_name = None;
