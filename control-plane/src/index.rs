@@ -455,7 +455,9 @@ impl Builder {
             update.topics.push(Topic::Ip(ip));
         }
         for key in dirty.workloads {
-            let policy = self.workloads.get(&key).map(|w| self.inbound_policy(&key, w));
+            // The default policy is not stored: `Index::inbound` answers it for any workload it
+            // does not know, and most workloads have it.
+            let policy = self.workloads.get(&key).map(|w| self.inbound_policy(&key, w)).filter(|p| *p != pb::InboundPolicy::default());
             let same = match (&policy, self.inbound.get(&key)) {
                 (Some(a), Some(b)) => a == &**b,
                 (None, None) => true,

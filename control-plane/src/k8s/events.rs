@@ -147,7 +147,9 @@ fn check<K: Resource<DynamicType = ()>>(
     for o in objects {
         let key = (o.namespace().unwrap_or_default(), o.name_any());
         let previous = seen.remove(&key);
-        current.insert(key, look(previous, &**o, &problems, &mut new));
+        if let Some(looked) = look(previous, &**o, &problems, &mut new) {
+            current.insert(key, looked);
+        }
     }
     *seen = current;
 }
@@ -161,22 +163,25 @@ fn check_some<K: Resource<DynamicType = ()>>(
 ) {
     for (key, object) in objects {
         let previous = seen.remove(&key);
-        if let Some(o) = object {
-            let looked = look(previous, &*o, &problems, &mut new);
+        if let Some(o) = object
+            && let Some(looked) = look(previous, &*o, &problems, &mut new)
+        {
             seen.insert(key, looked);
         }
     }
 }
 
 /// One object's current problems, calling `new` for those it did not have at its previous look.
+/// `None` when it has none: only objects with problems are remembered (a cluster's pods are
+/// nearly all fine, and 100,000 entries of nothing would cost megabytes).
 fn look<K: Resource<DynamicType = ()>>(
     previous: Option<(String, HashSet<String>)>,
     o: &K,
     problems: &impl Fn(&K) -> Vec<(&'static str, String)>,
     new: &mut impl FnMut(&K, &'static str, &str),
-) -> (String, HashSet<String>) {
+) -> Option<(String, HashSet<String>)> {
     let version = o.resource_version().unwrap_or_default();
-    match previous {
+    let looked = match previous {
         Some((v, known)) if v == version => (version, known),
         previous => {
             let before = previous.map(|(_, p)| p).unwrap_or_default();
@@ -189,7 +194,8 @@ fn look<K: Resource<DynamicType = ()>>(
             }
             (version, now)
         }
-    }
+    };
+    (!looked.1.is_empty()).then_some(looked)
 }
 
 fn queue(tx: &mpsc::Sender<(ObjectReference, String)>, reference: ObjectReference, note: &str) {

@@ -157,10 +157,20 @@ struct Relations {
     slice_owner: HashMap<Key, Key>,
     /// Service → the names of its EndpointSlices (in its namespace).
     slices_of: HashMap<Key, BTreeSet<String>>,
-    /// Pod → the Services whose endpoints it backs (a list: nearly always one).
-    services_of_pod: HashMap<Key, Vec<Key>>,
-    /// Service → the Pods its endpoints name (to take it out of `services_of_pod` again).
-    pods_of: HashMap<Key, Vec<Key>>,
+    /// Pod (by [`pod_hash`]) → the Services whose endpoints it backs (a list: nearly always one).
+    /// A cluster has a pod per endpoint; keyed by hash, with the services shared, this costs tens
+    /// of bytes per pod instead of a hundred and more. Two pods with one hash only make a change
+    /// convert a Service more than needed.
+    services_of_pod: HashMap<u64, Vec<Arc<Key>>>,
+    /// Service → the hashes of the Pods its endpoints name (to take it out of `services_of_pod`).
+    pods_of: HashMap<Arc<Key>, Vec<u64>>,
+}
+
+fn pod_hash(namespace: &str, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (namespace, name).hash(&mut h);
+    h.finish()
 }
 
 impl Relations {
@@ -201,27 +211,31 @@ impl Relations {
     fn set_pods(&mut self, service: Key, model: Option<&crate::model::Service>) {
         for pod in self.pods_of.remove(&service).into_iter().flatten() {
             if let Some(services) = self.services_of_pod.get_mut(&pod) {
-                services.retain(|s| *s != service);
+                services.retain(|s| **s != service);
                 if services.is_empty() {
                     self.services_of_pod.remove(&pod);
                 }
             }
         }
-        let pods: Vec<Key> = model
+        let mut pods: Vec<u64> = model
             .into_iter()
             .flat_map(|m| &m.endpoints)
             .filter_map(|e| e.workload.as_ref())
-            .map(|w| (w.namespace.clone(), w.name.clone()))
+            .map(|w| pod_hash(&w.namespace, &w.name))
             .collect();
+        pods.sort_unstable();
+        pods.dedup();
+        if pods.is_empty() {
+            return;
+        }
+        let service = Arc::new(service);
         for pod in &pods {
-            let services = self.services_of_pod.entry(pod.clone()).or_default();
+            let services = self.services_of_pod.entry(*pod).or_default();
             if !services.contains(&service) {
                 services.push(service.clone());
             }
         }
-        if !pods.is_empty() {
-            self.pods_of.insert(service, pods);
-        }
+        self.pods_of.insert(service, pods);
     }
 
     /// The mesh change for the objects marked since the last pass; reports their annotations.
@@ -243,7 +257,7 @@ impl Relations {
             let pod = get(&stores.pods, key);
             let workload = pod.as_deref().and_then(convert::workload);
             change.workloads.push((WorkloadRef { namespace: key.0.clone(), name: key.1.clone() }, workload));
-            dirty.extend(self.services_of_pod.get(key).into_iter().flatten().cloned());
+            dirty.extend(self.services_of_pod.get(&pod_hash(&key.0, &key.1)).into_iter().flatten().map(|s| (**s).clone()));
             pods_seen.push((key.clone(), pod));
         }
         let pod = |ns: &str, name: &str| stores.pods.get(&ObjectRef::new(name).within(ns));
