@@ -32,12 +32,11 @@ use std::{
 use k8s_openapi::{
     api::{
         core::v1::{Service as KubeService, ServicePort as KubeServicePort},
-        discovery::v1::{Endpoint as KubeEndpoint, EndpointSlice},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::pod::{Container, Pod};
+use super::slim::{Container, Endpoint as KubeEndpoint, EndpointSlice, Pod};
 use crate::model::{Endpoint, InboundMode, Mesh, Protocol, Service, ServicePort, Workload, WorkloadRef};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -666,7 +665,7 @@ spec:
         plain.metadata.annotations.as_mut().unwrap().remove(INJECT_ANNOTATION);
         assert!(inbound_errors(&plain).is_empty());
         let mut done = annotated_pod(bad);
-        done.status = Some(super::super::pod::PodStatus { phase: Some("Succeeded".into()) });
+        done.status = Some(super::super::slim::PodStatus { phase: Some("Succeeded".into()) });
         assert!(inbound_errors(&done).is_empty());
     }
 

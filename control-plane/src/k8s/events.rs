@@ -18,7 +18,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 
-use super::pod::Pod;
+use super::slim::Pod;
 use kube::{
     Client, Resource, ResourceExt,
     runtime::events::{Event, EventType, Recorder, Reporter as EventReporter},

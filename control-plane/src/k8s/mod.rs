@@ -17,7 +17,7 @@
 pub mod client;
 pub mod convert;
 pub mod events;
-pub mod pod;
+pub mod slim;
 pub mod watch;
 
 use std::{
@@ -26,14 +26,14 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client,
     runtime::reflector::{ObjectRef, Store as Reflected},
 };
 use tokio_util::sync::CancellationToken;
 
-use self::pod::Pod;
+use self::slim::{EndpointSlice, Pod};
 use crate::{
     authority::ServiceName,
     metrics::Metrics,

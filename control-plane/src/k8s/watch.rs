@@ -14,9 +14,9 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
-use super::pod::Pod;
+use super::slim::{EndpointSlice, Pod};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{WatchStreamExt, reflector, watcher},
@@ -136,9 +136,17 @@ pub fn trim_service(s: &mut Service) {
     s.status = None;
 }
 
+/// EndpointSlices: [`EndpointSlice`] keeps only what the conversion reads; of the metadata, only the
+/// label naming the Service stays.
 pub fn trim_slice(s: &mut EndpointSlice) {
     trim_meta(s);
     s.metadata.annotations = None;
+    if let Some(labels) = &mut s.metadata.labels {
+        labels.retain(|k, _| k == super::convert::SERVICE_NAME_LABEL);
+    }
+    s.metadata.owner_references = None;
+    s.metadata.generate_name = None;
+    s.metadata.creation_timestamp = None;
 }
 
 /// Pods: [`Pod`] already leaves out all but what the conversion reads; of the metadata, labels,

@@ -1,10 +1,13 @@
-//! The parts of a Pod the controller reads, deserialized straight from the API server's JSON.
+//! The parts of Pods and EndpointSlices the controller reads, deserialized straight from the API
+//! server's JSON: serde skips every other field while parsing, so it is never allocated.
 //!
-//! A cluster has ten times more Pods than Services, and k8s-openapi's `Pod` is large even when
-//! empty: `size_of` gives 2.4 KiB for the `Pod` plus 2.3 KiB per `Container`, before any string,
-//! so trimming after parsing still left about 7 KiB per two-container pod. This type keeps the metadata (without labels, owner
+//! A cluster has a Pod per endpoint, and k8s-openapi's types are large even when empty: `size_of`
+//! gives 2.4 KiB for a `Pod` plus 2.3 KiB per `Container`, before any string, so trimming after
+//! parsing still left about 7 KiB per two-container pod; a slice's `Endpoint` carries hints,
+//! topology, hostname, node name and a whole `ObjectReference`. [`Pod`] keeps the metadata (without labels, owner
 //! references or managed fields), the service account, the containers' names, ports and restart
-//! policy, and the phase; serde skips everything else while parsing, so it is never allocated.
+//! policy, and the phase. [`EndpointSlice`] keeps the address type, the ports, and per endpoint
+//! its addresses, conditions, zone and the Pod it names.
 
 use std::borrow::Cow;
 
@@ -75,33 +78,86 @@ pub struct PodStatus {
     pub phase: Option<String>,
 }
 
-impl kube::Resource for Pod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+/// `kube::Resource` for a slim type of a namespaced built-in kind.
+macro_rules! namespaced_resource {
+    ($type:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
+        impl kube::Resource for $type {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
-    }
+            fn kind(_: &()) -> Cow<'_, str> {
+                $kind.into()
+            }
 
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
+            fn group(_: &()) -> Cow<'_, str> {
+                $group.into()
+            }
 
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
+            fn version(_: &()) -> Cow<'_, str> {
+                $version.into()
+            }
 
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
-    }
+            fn plural(_: &()) -> Cow<'_, str> {
+                $plural.into()
+            }
 
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
 
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+namespaced_resource!(Pod, "Pod", "", "v1", "pods");
+namespaced_resource!(EndpointSlice, "EndpointSlice", "discovery.k8s.io", "v1", "endpointslices");
+
+/// An EndpointSlice, as far as the mesh cares.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// `IPv4`, `IPv6` or `FQDN`.
+    #[serde(default)]
+    pub address_type: String,
+    pub endpoints: Option<Vec<Endpoint>>,
+    pub ports: Option<Vec<EndpointPort>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    pub conditions: Option<EndpointConditions>,
+    pub target_ref: Option<TargetRef>,
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+pub struct EndpointConditions {
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+}
+
+/// An endpoint's `targetRef`: the object behind it (a Pod, for the endpoints that matter here).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct TargetRef {
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct EndpointPort {
+    pub name: Option<String>,
+    pub port: Option<i32>,
+    pub protocol: Option<String>,
 }
 
 #[cfg(test)]
@@ -144,5 +200,29 @@ status: {phase: Running, podIP: 10.1.0.11, conditions: [{type: Ready, status: "T
         assert_eq!(trimmed.metadata.annotations, None);
         assert_eq!(trimmed.strait_annotations, [("strait.io/inject".to_string(), "enabled".to_string())]);
         assert_eq!((trimmed.annotation("strait.io/inject"), pod.annotation("strait.io/inject")), (Some("enabled"), Some("enabled")));
+    }
+
+    #[test]
+    fn reads_a_real_endpoint_slice() {
+        let yaml = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-x7k2p, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8081, protocol: TCP}]
+endpoints:
+  - addresses: [10.1.0.11]
+    conditions: {ready: true, serving: true, terminating: false}
+    hints: {forZones: [{name: zone-a}]}
+    nodeName: node-1
+    targetRef: {kind: Pod, namespace: demo, name: web-1, uid: 0f6c}
+    zone: zone-a
+"#;
+        let slice: EndpointSlice = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(kube::ResourceExt::name_any(&slice), "web-x7k2p");
+        assert_eq!((slice.address_type.as_str(), slice.ports.as_ref().unwrap()[0].port), ("IPv4", Some(8081)));
+        let e = &slice.endpoints.as_ref().unwrap()[0];
+        assert_eq!((e.addresses.as_slice(), e.conditions.unwrap().terminating, e.zone.as_deref()), (&["10.1.0.11".to_string()][..], Some(false), Some("zone-a")));
+        assert_eq!(e.target_ref.as_ref().unwrap().name.as_deref(), Some("web-1"));
     }
 }
