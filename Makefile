@@ -38,8 +38,9 @@ bench-tls:
 bench-policy:
 	./bench/policy.sh
 
-## bench-controller  one controller: 10k services, 100k endpoints, 10k proxies, 100 changes/s (bench/results/controller-latest.md)
+## bench-controller  one controller: 10k services, 100k endpoints, 10k proxies, 100 changes/s, in Kubernetes mode then embedded mode (bench/results/controller-{k8s-,}latest.md)
 bench-controller:
+	./bench/controller.sh --kubernetes
 	./bench/controller.sh
 
 ## bench-controller-k8s  the same in Kubernetes mode: 10k Services, 10k EndpointSlices, 100k Pods in a test API server (bench/results/controller-k8s-latest.md)
