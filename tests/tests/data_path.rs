@@ -184,12 +184,24 @@ async fn grpc_unary_errors_and_bidirectional_streaming() {
     drop(tx);
     assert!(replies.message().await.unwrap().is_none());
 
-    let ma = p.a.metrics().await;
-    assert_eq!(
-        metrics::value(&ma, "strait_requests_total", &[("dst_service", "grpc"), ("grpc_status", "14")]),
-        1.0,
-        "{ma}"
-    );
+    // A status in trailers after messages.
+    let mut s = c.server_stream(echo::EchoRequest { message: "fail:13".into(), repeat: 2 }).await.unwrap().into_inner();
+    assert!(s.message().await.unwrap().is_some() && s.message().await.unwrap().is_some());
+    assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
+
+    // Both proxies count every call by the status it ended with, from headers or from trailers.
+    let (ma, mb) = (p.a.metrics().await, p.b.metrics().await);
+    for (m, labels) in [(&ma, [("direction", "outbound"), ("dst_service", "grpc")]), (&mb, [("direction", "inbound"), ("authority", "grpc.demo:9090")])] {
+        let count = |grpc: &str, outcome: &str| {
+            let mut l = labels.to_vec();
+            l.extend([("grpc_status", grpc), ("outcome", outcome)]);
+            metrics::value(m, "strait_requests_total", &l)
+        };
+        assert_eq!(count("14", "failure"), 1.0, "trailers-only error\n{m}");
+        assert_eq!(count("13", "failure"), 1.0, "error in trailers after messages\n{m}");
+        assert_eq!(count("0", "success"), 3.0, "unary, server stream and bidi, status in trailers\n{m}");
+        assert_eq!(count("", "success"), 0.0, "no gRPC call is left without its status\n{m}");
+    }
 }
 
 async fn websocket_echo<S>(stream: S)

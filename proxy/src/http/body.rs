@@ -1,6 +1,6 @@
 //! One body type for every request and response the proxy forwards or produces, so nothing is
-//! boxed per request: a streamed hyper body, a small fixed one (error responses), or a body kept
-//! for retries.
+//! boxed per request: a streamed hyper body, a small fixed one (error responses), a body kept
+//! for retries, or a gRPC response body whose metrics wait for its trailers.
 
 use std::{
     pin::Pin,
@@ -16,6 +16,8 @@ pin_project_lite::pin_project! {
         Incoming { #[pin] body: hyper::body::Incoming },
         Fixed { data: Option<Bytes> },
         Replay { cursor: super::replay::Cursor },
+        /// A gRPC response with its status in trailers: recorded when they pass.
+        Trailed { #[pin] body: hyper::body::Incoming, metrics: super::metrics::Deferred },
     }
 }
 
@@ -48,6 +50,20 @@ impl http_body::Body for Body {
             BodyProj::Incoming { body } => body.poll_frame(cx),
             BodyProj::Fixed { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Replay { cursor } => cursor.poll_frame(cx),
+            BodyProj::Trailed { body, metrics } => {
+                let polled = body.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            metrics.finish(trailers.get("grpc-status").and_then(|v| v.to_str().ok()), false);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => metrics.finish(None, true),
+                    Poll::Ready(None) => metrics.finish(None, false),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -56,6 +72,7 @@ impl http_body::Body for Body {
             Body::Incoming { body } => body.is_end_stream(),
             Body::Fixed { data } => data.is_none(),
             Body::Replay { cursor } => cursor.is_end_stream(),
+            Body::Trailed { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -64,6 +81,7 @@ impl http_body::Body for Body {
             Body::Incoming { body } => body.size_hint(),
             Body::Fixed { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Replay { .. } => SizeHint::default(),
+            Body::Trailed { body, .. } => body.size_hint(),
         }
     }
 }

@@ -1,8 +1,10 @@
-//! Records each request's golden metrics when its response headers are ready.
+//! Records each request's golden metrics when its response headers are ready, or, for a gRPC
+//! response whose status comes in trailers after the messages, when those trailers pass
+//! ([`Deferred`]); latency is always the time to the response headers.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
 use crate::metrics::Metrics;
 
@@ -18,14 +20,15 @@ pub struct Labels<'a> {
 }
 
 pub enum Outcome<'a> {
-    Response { status: StatusCode, grpc_status: Option<&'a str> },
+    /// `broken`: the response body failed part way (its outcome is a failure whatever its status).
+    Response { status: StatusCode, grpc_status: Option<&'a str>, broken: bool },
     ProxyError { status: StatusCode, kind: &'static str },
 }
 
 pub fn record(m: &Metrics, l: &Labels<'_>, outcome: &Outcome<'_>, elapsed: Duration) {
     let (status, grpc, outcome_label) = match outcome {
-        Outcome::Response { status, grpc_status } => {
-            let failed = status.is_server_error() || grpc_status.is_some_and(|g| g != "0");
+        Outcome::Response { status, grpc_status, broken } => {
+            let failed = *broken || status.is_server_error() || grpc_status.is_some_and(|g| g != "0");
             (*status, grpc_status.unwrap_or(""), if failed { "failure" } else { "success" })
         }
         Outcome::ProxyError { status, kind } => {
@@ -49,4 +52,64 @@ pub fn record(m: &Metrics, l: &Labels<'_>, outcome: &Outcome<'_>, elapsed: Durat
     m.request_duration
         .with_label_values(&[l.direction, l.authority, l.dst_service, l.dst_namespace, outcome_label, l.tls, l.peer_id])
         .observe(elapsed.as_secs_f64());
+}
+
+/// Whether a response's outcome is known only at its end: gRPC (by content type) without
+/// `grpc-status` in its headers, so the status comes in trailers.
+pub fn status_in_trailers(headers: &HeaderMap) -> bool {
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    grpc && !headers.contains_key("grpc-status")
+}
+
+/// [`Labels`], owned, for a response recorded at its end.
+pub struct OwnedLabels {
+    pub direction: &'static str,
+    pub authority: Arc<str>,
+    pub dst_service: Option<Arc<str>>,
+    pub dst_namespace: Option<Arc<str>>,
+    pub tls: &'static str,
+    pub peer_id: Option<Arc<str>>,
+}
+
+/// A response's metrics, waiting for its trailers. Recorded once: by [`Deferred::finish`] when the
+/// body ends, or on drop when the body was abandoned (the client went away) — then without a
+/// gRPC status, classified by the HTTP status alone.
+pub struct Deferred(Option<Box<Waiting>>);
+
+struct Waiting {
+    metrics: Metrics,
+    labels: OwnedLabels,
+    status: StatusCode,
+    elapsed: Duration,
+}
+
+impl Deferred {
+    pub fn new(metrics: &Metrics, labels: OwnedLabels, status: StatusCode, elapsed: Duration) -> Self {
+        Self(Some(Box::new(Waiting { metrics: metrics.clone(), labels, status, elapsed })))
+    }
+
+    /// Records with the trailers' `grpc-status` (`None`: the stream ended without one). A body that
+    /// failed mid-stream counts as a failure whatever its status.
+    pub fn finish(&mut self, grpc_status: Option<&str>, body_failed: bool) {
+        let Some(w) = self.0.take() else { return };
+        let l = &w.labels;
+        let labels = Labels {
+            direction: l.direction,
+            authority: &l.authority,
+            dst_service: l.dst_service.as_deref().unwrap_or(""),
+            dst_namespace: l.dst_namespace.as_deref().unwrap_or(""),
+            tls: l.tls,
+            peer_id: l.peer_id.as_deref().unwrap_or(""),
+        };
+        let outcome = Outcome::Response { status: w.status, grpc_status, broken: body_failed };
+        record(&w.metrics, &labels, &outcome, w.elapsed);
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        self.finish(None, false);
+    }
 }

@@ -25,7 +25,7 @@ use crate::{
         Body, ProxyError, Request, Response,
         client::{Clients, Upstream},
         headers,
-        metrics::{self, Labels, Outcome},
+        metrics::{self, Deferred, Labels, Outcome, OwnedLabels},
         server, upgrade,
     },
     metrics::Metrics,
@@ -303,18 +303,31 @@ impl Handler {
         };
         let rsp = match result {
             Ok(mut rsp) => {
-                let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
-                metrics::record(
-                    &self.ib.metrics,
-                    &labels,
-                    &Outcome::Response { status: rsp.status(), grpc_status: grpc },
-                    start.elapsed(),
-                );
+                let peer_tls = self.peer_id.is_some();
+                let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
+                    let owned = OwnedLabels {
+                        direction: DIRECTION,
+                        authority: Arc::from(authority.as_str()),
+                        dst_service: None,
+                        dst_namespace: None,
+                        tls: if peer_tls { "true" } else { "false" },
+                        peer_id: self.peer_id.clone(),
+                    };
+                    Deferred::new(&self.ib.metrics, owned, rsp.status(), start.elapsed())
+                });
+                if deferred.is_none() {
+                    let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+                    let outcome = Outcome::Response { status: rsp.status(), grpc_status: grpc, broken: false };
+                    metrics::record(&self.ib.metrics, &labels, &outcome, start.elapsed());
+                }
                 if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(rsp.headers_mut());
                 }
                 *rsp.version_mut() = client_version;
-                rsp.map(Body::from)
+                match deferred {
+                    Some(metrics) => rsp.map(|body| Body::Trailed { body, metrics }),
+                    None => rsp.map(Body::from),
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, local = %self.local, "inbound request failed");

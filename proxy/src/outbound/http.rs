@@ -17,7 +17,7 @@ use crate::{
         Body, ProxyError, Request, Response,
         client::Upstream,
         headers,
-        metrics::{self, Labels, Outcome},
+        metrics::{self, Deferred, Labels, Outcome, OwnedLabels},
         server, upgrade,
     },
 };
@@ -83,14 +83,31 @@ impl Handler {
         };
         let rsp = match result {
             Ok(mut rsp) => {
-                let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
-                let outcome = Outcome::Response { status: rsp.status(), grpc_status: grpc };
-                metrics::record(&self.ob.metrics, &labels, &outcome, start.elapsed());
+                let peer_tls = peer.is_some();
+                let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
+                    let owned = OwnedLabels {
+                        direction: DIRECTION,
+                        authority: profile.as_ref().map_or_else(|| Arc::from(authority.as_str()), |p| p.authority.clone()),
+                        dst_service: profile.as_ref().map(|p| p.name.clone()),
+                        dst_namespace: profile.as_ref().map(|p| p.namespace.clone()),
+                        tls: if peer_tls { "true" } else { "false" },
+                        peer_id: peer.clone(),
+                    };
+                    Deferred::new(&self.ob.metrics, owned, rsp.status(), start.elapsed())
+                });
+                if deferred.is_none() {
+                    let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+                    let outcome = Outcome::Response { status: rsp.status(), grpc_status: grpc, broken: false };
+                    metrics::record(&self.ob.metrics, &labels, &outcome, start.elapsed());
+                }
                 if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(rsp.headers_mut());
                 }
                 *rsp.version_mut() = version;
-                rsp.map(Body::from)
+                match deferred {
+                    Some(metrics) => rsp.map(|body| Body::Trailed { body, metrics }),
+                    None => rsp.map(Body::from),
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, %authority, "outbound request failed");

@@ -4,7 +4,8 @@
 //!   `fail:<code>` (a gRPC status number, e.g. `fail:14`) is answered with that status instead, for
 //!   retry tests.
 //! - `Bidi` echoes every message as it arrives.
-//! - `ServerStream` sends `repeat` replies, reply `i` (from 0) carrying `<message> <i>`.
+//! - `ServerStream` sends `repeat` replies, reply `i` (from 0) carrying `<message> <i>`; with a
+//!   message `fail:<code>`, the replies are followed by that status (in trailers, after a body).
 //!
 //! Every response carries the `x-served-by: NAME` metadata.
 
@@ -118,12 +119,17 @@ impl Echo for EchoService {
     ) -> Result<tonic::Response<ReplyStream>, Status> {
         let seen_authority = seen_authority(&request);
         let EchoRequest { message, repeat } = request.into_inner();
+        let end = message
+            .strip_prefix("fail:")
+            .and_then(|code| code.trim().parse::<i32>().ok())
+            .map(|code| Err(Status::new(Code::from(code), "failing after the replies, as asked")));
         let replies = futures_util::stream::iter(0..repeat).map(move |i| {
             Ok(EchoReply {
                 message: format!("{message} {i}"),
                 seen_authority: seen_authority.clone(),
             })
         });
+        let replies = replies.chain(futures_util::stream::iter(end));
         Ok(self.reply(Box::pin(replies) as ReplyStream))
     }
 }
