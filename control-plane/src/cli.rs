@@ -61,6 +61,11 @@ pub struct Args {
     /// Lifetime of the proxies' certificates, e.g. `24h`, `90m`, `1m`, `30s` (proxies renew at 70 %).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_lifetime)]
     pub cert_lifetime: Duration,
+    /// The SPIFFE identity the identity service proves to proxies over TLS (its certificate comes
+    /// from the same issuer); proxies expect it in STRAIT_IDENTITY_SERVER_ID. Default:
+    /// `spiffe://<trust domain>/ns/strait-system/sa/strait-controller`.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub identity_server_id: Option<String>,
     /// Admin HTTP listen address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9990")]
     pub admin_addr: SocketAddr,
@@ -99,7 +104,12 @@ impl Args {
                 mesh_file.parent().unwrap_or_else(|| std::path::Path::new("")).join(DEFAULT_STATE_DIR_NAME)
             })),
         };
-        let identity = IdentityConfig { addr: self.identity_addr, ca, cert_lifetime: self.cert_lifetime };
+        let identity = IdentityConfig {
+            addr: self.identity_addr,
+            ca,
+            cert_lifetime: self.cert_lifetime,
+            server_id: self.identity_server_id.clone(),
+        };
         // In Kubernetes mode nothing is created in a pod's working directory: the issuer comes from
         // files (a Secret) or an explicit --state-dir, else identity is not served.
         let identity = (!kubernetes || matches!(identity.ca, CaSource::Files(_)) || self.state_dir.is_some())

@@ -80,6 +80,9 @@ pub struct IdentityConfig {
     pub ca: CaSource,
     /// Lifetime of the proxies' certificates (never beyond the issuer's own expiry).
     pub cert_lifetime: Duration,
+    /// The SPIFFE identity the service proves to proxies over TLS; `None`:
+    /// [`identity::default_server_id`] in the mesh's trust domain.
+    pub server_id: Option<String>,
 }
 
 /// Where the trust anchor and the issuer come from.
@@ -161,7 +164,15 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             };
             let listener = bind("identity", ic.addr).await?;
             let addr = local("identity", &listener, ic.addr)?;
-            Some((Arc::new(ca), listener, addr))
+            let trust_domain = match &kubernetes {
+                Some((_, options)) => options.trust_domain.clone(),
+                None => mesh.trust_domain.clone(),
+            };
+            let server_id = ic.server_id.clone().unwrap_or_else(|| identity::default_server_id(&trust_domain));
+            let ca = Arc::new(ca);
+            let own = identity::server_tls::OwnCert::new(ca.clone(), &server_id)?;
+            let tls = identity::server_tls::server_config(own).map_err(|e| Error::Ca(identity::ca::CaError::Key(e.to_string())))?;
+            Some((ca, listener, addr, tls, server_id))
         }
         None => None,
     };
@@ -213,12 +224,13 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         .add_service(DiscoveryServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tasks.spawn(named("discovery server", async move { server.await.map_err(Error::from) }));
-    let identity_addr = identity.as_ref().map(|(_, _, addr)| *addr);
-    if let Some((ca, listener, addr)) = identity {
+    let identity_addr = identity.as_ref().map(|(_, _, addr, _, _)| *addr);
+    if let Some((ca, listener, addr, tls, server_id)) = identity {
         metrics.issuer_expiry.set(i64::try_from(ca.issuer_not_after_unix()).unwrap_or(i64::MAX));
         let anchors = ca.files().anchors.as_ref().map_or_else(|| "(not given)".to_string(), |p| p.display().to_string());
         tracing::info!(
             identity_addr = %addr,
+            server_id = %server_id,
             issuer = %ca.issuer_subject(),
             issuer_cert = %ca.files().cert.display(),
             cert_lifetime = ?ca.lifetime(),
@@ -241,7 +253,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             None => Arc::new(identity::auth::BootstrapAuthenticator::new(tokens)),
         };
         let service = identity::service::IdentityService::new(ca, auth, reader.status(), metrics.clone());
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = identity::server_tls::incoming(listener, tls, shutdown.clone());
         let server = tonic::transport::Server::builder()
             .add_service(IdentityServer::new(service))
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

@@ -17,6 +17,10 @@ pub const DEFAULT_OUTBOUND_ADDR_V6: &str = "[::1]:7140";
 pub const DEFAULT_INBOUND_ADDR_V6: &str = "[::]:7143";
 /// All interfaces so Prometheus and the kubelet's probes can reach it.
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:7191";
+/// Where the controller runs and as whom, for the identity it proves to proxies by default: the
+/// chart installs it in this namespace with this ServiceAccount (the controller's default too).
+pub const DEFAULT_CONTROLLER_NAMESPACE: &str = "strait-system";
+pub const DEFAULT_CONTROLLER_SERVICE_ACCOUNT: &str = "strait-controller";
 /// A sidecar's CPU budget is small; one worker serves a typical pod and keeps RSS low.
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// How long protocol detection waits for the client's first bytes. Short, so that a
@@ -50,6 +54,9 @@ pub struct Config {
     pub service_account: String,
     pub discovery: DiscoverySource,
     pub identity_addr: Option<String>,
+    /// The SPIFFE identity the identity service must prove (it is served over TLS: the proxy sends
+    /// its token there).
+    pub identity_server_id: String,
     pub trust_anchors: Option<PathBuf>,
     pub trust_domain: String,
     pub inbound_mode: InboundMode,
@@ -194,6 +201,15 @@ impl Config {
                 InboundMode::Permissive
             }
         };
+        let trust_domain = get("STRAIT_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
+        let identity_server_id = get("STRAIT_IDENTITY_SERVER_ID").unwrap_or_else(|| {
+            format!("spiffe://{trust_domain}/ns/{DEFAULT_CONTROLLER_NAMESPACE}/sa/{DEFAULT_CONTROLLER_SERVICE_ACCOUNT}")
+        });
+        if crate::identity::server_name_for(&identity_server_id).is_none() {
+            errors.push(format!(
+                "STRAIT_IDENTITY_SERVER_ID={identity_server_id:?} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
+            ));
+        }
         if get("STRAIT_IDENTITY_ADDR").is_some() && get("STRAIT_TRUST_ANCHORS").is_none() {
             errors.push("STRAIT_IDENTITY_ADDR needs STRAIT_TRUST_ANCHORS (the PEM bundle peers are checked against)".into());
         }
@@ -214,8 +230,9 @@ impl Config {
             service_account: get("STRAIT_SERVICE_ACCOUNT").unwrap_or_else(|| "default".into()),
             discovery,
             identity_addr: get("STRAIT_IDENTITY_ADDR"),
+            identity_server_id,
             trust_anchors: get("STRAIT_TRUST_ANCHORS").map(Into::into),
-            trust_domain: get("STRAIT_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
+            trust_domain,
             inbound_mode,
             identity_token_file: get("STRAIT_IDENTITY_TOKEN_FILE").map(Into::into),
             worker_threads,

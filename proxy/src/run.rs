@@ -86,6 +86,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             let tls = Tls::new(anchors, store.clone())?;
             let certifier = Certifier {
                 addr: addr.clone(),
+                server_id: cfg.identity_server_id.clone(),
+                tls: tls.clone(),
                 workload: cfg.workload.clone(),
                 token_file: cfg.identity_token_file.clone(),
                 store,

@@ -199,7 +199,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// client app → client proxy → (mTLS) → server proxy → server app: the app is told the client's
-/// identity (a forged header is replaced), and a capture between the proxies holds no plaintext.
+/// identity (a forged header is replaced), and a capture between the proxies holds no plaintext;
+/// neither does one of the proxies' calls to the identity service, which carry their tokens.
 #[tokio::test]
 async fn mutual_tls_names_the_client_and_nothing_crosses_in_plaintext() {
     let dir = TestDir::new("mtls");
@@ -209,8 +210,20 @@ async fn mutual_tls_names_the_client_and_nothing_crosses_in_plaintext() {
     let ctl = controller(dir.path(), &mesh, &[]).await;
     assert!(ctl.trust_anchors().is_file());
     assert!(ctl.log().contains(&ctl.trust_anchors().display().to_string()), "the controller says where the anchors are");
+    // The proxies' tokens go to the identity service: over TLS, never readable on the wire.
+    let to_identity = match capture_unavailable() {
+        None => Some(start_capture(&dir, "to-identity", ctl.identity.port()).await),
+        Some(_) => None,
+    };
     let b = meshed("proxy-server", &ctl, &dir, SERVER, &[inbound_at(b_in)]).await;
     let a = meshed("proxy-client", &ctl, &dir, CLIENT, &[]).await;
+    if let Some(capture) = to_identity {
+        let captured = capture.finish().await;
+        assert!(contains(&captured, b"strait-controller.strait-system.serviceaccount.identity.strait.cluster.local"), "no ClientHello captured");
+        for plain in [&b"server-token"[..], b"client-token", b"spiffe://", b"PRI * HTTP/2.0", b"strait.identity.v1"] {
+            assert!(!contains(&captured, plain), "{:?} went to the identity service in plaintext", String::from_utf8_lossy(plain));
+        }
+    }
 
     let captures = match capture_unavailable() {
         None => Some((start_capture(&dir, "between-proxies", b_in.port()).await, start_capture(&dir, "to-app", app.port()).await)),
@@ -273,7 +286,17 @@ async fn no_certificate_without_a_valid_proof_and_no_readiness_without_a_certifi
     let start = |name: &str, w: Wl, extra: &[(&'static str, String)]| spawn_proxy(name, &refs(&proxy_env(&ctl, &dir, w, extra)));
     let impostor = start("impostor", Wl { token: "guessed", ..SERVER }, &[]);
     let greedy = start("greedy", Wl { sa: "admin", ..SERVER }, &[]);
-    let foreign = start("foreign", SERVER, &[("STRAIT_TRUST_DOMAIN", "evil.org".into())]);
+    // Another trust domain, still talking to this controller (whose identity is in cluster.local).
+    let foreign = start(
+        "foreign",
+        SERVER,
+        &[
+            ("STRAIT_TRUST_DOMAIN", "evil.org".into()),
+            ("STRAIT_IDENTITY_SERVER_ID", "spiffe://cluster.local/ns/strait-system/sa/strait-controller".into()),
+        ],
+    );
+    // A proxy that expects another identity service never sends it its token: TLS fails first.
+    let wary = start("wary", SERVER, &[("STRAIT_IDENTITY_SERVER_ID", "spiffe://cluster.local/ns/elsewhere/sa/other-controller".into())]);
     let late_token = dir.write("late.token", "not-yet\n");
     let late = spawn_proxy(
         "late",
@@ -284,7 +307,7 @@ async fn no_certificate_without_a_valid_proof_and_no_readiness_without_a_certifi
         issued(&ctl, "unauthenticated").await >= 2.0 && issued(&ctl, "denied").await >= 2.0
     })
     .await;
-    for p in [&impostor, &greedy, &foreign, &late] {
+    for p in [&impostor, &greedy, &foreign, &late, &wary] {
         wait_until("the proxy to count its refusal", Duration::from_secs(10), || async {
             value(p, "strait_identity_certify_total", &[("result", "error")]).await >= 1.0
         })
@@ -294,6 +317,7 @@ async fn no_certificate_without_a_valid_proof_and_no_readiness_without_a_certifi
         assert_eq!(value(p, "strait_identity_cert_expiry_timestamp_seconds", &[]).await, 0.0);
     }
     assert_eq!(issued(&ctl, "ok").await, 0.0, "nothing was signed");
+    assert!(wary.log().contains("did not prove spiffe://cluster.local/ns/elsewhere/sa/other-controller"), "the wary proxy refused the controller's certificate:\n{}", wary.log());
     let log = ctl.log();
     for why in [
         "the token presented is not workload server's",

@@ -62,6 +62,8 @@ pub enum CaError {
     ForeignAnchors { anchors: String, key: String },
     #[error("the CSR is not valid: {0}")]
     Csr(rcgen::Error),
+    #[error("the key cannot be used for TLS: {0}")]
+    Key(String),
 }
 
 /// Where the issuer comes from, and the anchors it must chain to.

@@ -8,13 +8,26 @@
 //! - [`tokenreview`]: Kubernetes mode behind the same trait: the pod's projected ServiceAccount
 //!   token (audience `identity.strait.io`), checked with the TokenReview API.
 //! - [`service`]: `Identity.Certify`: parse the requested SPIFFE ID, authenticate, compare, sign.
+//! - [`server_tls`]: the service's own TLS (a certificate from the same issuer), since proxies send
+//!   their tokens to it.
 
 pub mod auth;
 pub mod ca;
+pub mod server_tls;
 pub mod service;
 pub mod tokenreview;
 
 use std::fmt;
+
+/// The identity service's own identity when none is given: the controller's ServiceAccount in the
+/// namespace the chart installs it in. Proxies expect the same by default.
+pub fn default_server_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{DEFAULT_NAMESPACE}/sa/{DEFAULT_SERVICE_ACCOUNT}")
+}
+
+/// Where the controller runs, unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "strait-system";
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "strait-controller";
 
 /// `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`, the only shape of identity the
 /// mesh hands out (DESIGN §3).

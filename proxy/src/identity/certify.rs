@@ -1,7 +1,8 @@
 //! Obtains and renews the proxy's certificate: a fresh ECDSA P-256 key in memory, a CSR, the
 //! workload's token, `Identity.Certify`; renewal at 70 % of the lifetime (with jitter so a fleet
 //! does not renew in step), retries with backoff, and the current certificate kept while it is
-//! still valid.
+//! still valid. The token goes only over TLS to a controller that proves the identity service's
+//! SPIFFE identity with a certificate chained to the trust anchors.
 
 use std::{
     path::PathBuf,
@@ -27,6 +28,10 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct Certifier {
     pub addr: String,
+    /// The identity the identity service must prove.
+    pub server_id: String,
+    /// The anchors (and the TLS client) the controller's certificate is checked with.
+    pub tls: Arc<crate::tls::Tls>,
     pub workload: String,
     pub token_file: Option<PathBuf>,
     pub store: Arc<Store>,
@@ -43,7 +48,7 @@ pub enum CertifyError {
     #[error("controller address: {0}")]
     Address(std::io::Error),
     #[error("connecting to the identity service: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(String),
     #[error("identity service refused: {0}")]
     Refused(#[from] tonic::Status),
     #[error("the certificate's key cannot be used: {0}")]
@@ -90,12 +95,29 @@ impl Certifier {
         params.subject_alt_names =
             vec![rcgen::SanType::URI(rcgen::string::Ia5String::try_from(self.store.spiffe.to_string())?)];
         let csr = params.serialize_request(&key)?;
+        let (tls, server_id) = (self.tls.clone(), self.server_id.clone());
+        let connector = tower::service_fn(move |uri: http::Uri| {
+            let (tls, server_id) = (tls.clone(), server_id.clone());
+            async move {
+                let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+                let tcp = tokio::net::TcpStream::connect(authority).await?;
+                let _ = tcp.set_nodelay(true);
+                let stream = tls.connect(tcp, &server_id).await.map_err(|e| match e {
+                    crate::tls::HandshakeError::IdentityMismatch(e) => std::io::Error::other(format!(
+                        "the identity service did not prove {server_id} (STRAIT_IDENTITY_SERVER_ID): {e}"
+                    )),
+                    other => std::io::Error::other(other),
+                })?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
         let channel = crate::dns::grpc_endpoint(&self.dns, &self.addr, Duration::from_secs(2))
             .await
             .map_err(CertifyError::Address)?
             .timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| CertifyError::Connect(with_sources(&e)))?;
         let rsp = IdentityClient::new(channel)
             .certify(CertifyRequest {
                 identity: self.store.spiffe.to_string(),
@@ -118,6 +140,18 @@ impl Certifier {
         self.metrics.identity_expiry.set(rsp.not_after_unix as i64);
         Ok(rsp.not_after_unix)
     }
+}
+
+/// An error and its sources, `: `-separated (tonic's own message is only "transport error").
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
 }
 
 fn now_unix() -> u64 {
