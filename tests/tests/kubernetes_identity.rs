@@ -149,7 +149,7 @@ fn pod_ip() -> Ipv4Addr {
 
 /// The token of each pod proves its service account: a proxy with its pod's token is certified
 /// and becomes ready; an unknown token, a token of another service account than the one asked
-/// for, and a token for another audience get no certificate and stay not ready; the controller
+/// for, a token for another audience and another pod's token get no certificate and stay not ready; the controller
 /// counts each answer, and no token reaches its log. While the API server cannot review tokens,
 /// requests are `unavailable` and the proxy waits; once it can, the proxy is certified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,12 +172,14 @@ async fn proxies_are_certified_by_their_service_account_token_through_token_revi
     let unknown = c.spawn("guessed-0", "client-sa", "guessed-token");
     let greedy = c.spawn("other-0", "client-sa", "other-0-token");
     let legacy = c.spawn("legacy-0", "client-sa", "legacy-token");
-    wait_until("the controller to refuse all three", Duration::from_secs(30), || async {
-        [&unknown, &greedy, &legacy].iter().all(|p| p.log().contains("identity service refused"))
+    // client-0's good token, copied into another pod's proxy.
+    let thief = c.spawn("client-9", "client-sa", "client-0-token");
+    wait_until("the controller to refuse all four", Duration::from_secs(30), || async {
+        [&unknown, &greedy, &legacy, &thief].iter().all(|p| p.log().contains("identity service refused"))
     })
     .await;
-    assert!(c.issued("unauthenticated").await >= 2.0 && c.issued("denied").await >= 1.0);
-    for p in [&unknown, &greedy, &legacy] {
+    assert!(c.issued("unauthenticated").await >= 2.0 && c.issued("denied").await >= 2.0);
+    for p in [&unknown, &greedy, &legacy, &thief] {
         assert!(value(p, "strait_identity_certify_total", &[("result", "error")]).await >= 1.0);
         assert_eq!(ready_status(p).await, StatusCode::SERVICE_UNAVAILABLE, "{}", p.log());
         assert_eq!(value(p, "strait_identity_certify_total", &[("result", "ok")]).await, 0.0);
@@ -191,6 +193,7 @@ async fn proxies_are_certified_by_their_service_account_token_through_token_revi
         "the token proves spiffe://cluster.local/ns/demo/sa/other-sa, not the requested spiffe://cluster.local/ns/demo/sa/client-sa",
         // The API server itself refuses a token of another audience when the review names one.
         r#"is invalid for the target audiences [\"identity.strait.io\"]"#,
+        "the token belongs to pod demo/client-0, not to the workload client-9 the proxy names",
     ] {
         assert!(log.contains(why), "the controller's log does not say {why:?}:\n{log}");
     }
@@ -217,7 +220,7 @@ async fn proxies_are_certified_by_their_service_account_token_through_token_revi
     })
     .await;
     assert_eq!(c.issued("ok").await, 2.0);
-    for p in [&unknown, &greedy, &legacy] {
+    for p in [&unknown, &greedy, &legacy, &thief] {
         assert_eq!(ready_status(p).await, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -8,6 +8,8 @@
 //!   is good for another audience only (the API server's own, such as a legacy Secret token), or the
 //!   authenticator ignores audiences. Not a proof.
 //! - Authenticated as a user that is not a service account: denied.
+//! - A token bound to a pod (the kubelet's projected tokens are) presented by a proxy that names
+//!   another workload: denied.
 //! - Not authenticated (unknown, expired, revoked or wrong-audience token, deleted pod): refused.
 //! - The API cannot answer (unreachable, 5xx, 403 without RBAC rights, timeout): unavailable, so the
 //!   proxy retries and nobody mistakes it for a bad token.
@@ -77,7 +79,9 @@ impl Authenticator for TokenReviewAuthenticator {
             }
         };
         let status = answer.status.unwrap_or_default();
-        let result = judge(&status, &self.audience).map_err(|e| scrub(e, token));
+        let result = judge(&status, &self.audience)
+            .and_then(|p| same_pod(&status, &p, proof.workload).map(|()| p))
+            .map_err(|e| scrub(e, token));
         match &result {
             Ok(p) => tracing::debug!(
                 namespace = %p.namespace,
@@ -111,6 +115,19 @@ pub fn judge(status: &TokenReviewStatus, audience: &str) -> Result<Principal, Au
             Ok(Principal { namespace: namespace.to_string(), service_account: service_account.to_string() })
         }
         None => Err(AuthError::Denied(format!("the token authenticates {username:?}, which is not a ServiceAccount"))),
+    }
+}
+
+/// A token bound to a pod proves only that pod: a proxy naming another workload (`STRAIT_WORKLOAD`)
+/// is not the pod the token was mounted in, so it is refused even though the service account
+/// matches. A token bound to no pod, or a proxy that names no workload, is not checked here.
+fn same_pod(status: &TokenReviewStatus, principal: &Principal, workload: &str) -> Result<(), AuthError> {
+    match pod_name(status) {
+        Some(pod) if !workload.is_empty() && pod != workload => Err(AuthError::Denied(format!(
+            "the token belongs to pod {}/{pod}, not to the workload {workload} the proxy names (STRAIT_WORKLOAD)",
+            principal.namespace
+        ))),
+        _ => Ok(()),
     }
 }
 
