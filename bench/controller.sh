@@ -30,7 +30,9 @@
 #   BENCH_KEEP=1                   keep the work dir (mesh file or kubeconfig, controller log)
 #   BENCH_CONTROLLER_BIN=PATH      another strait-controller binary (e.g. one built with symbols)
 #   BENCH_WRAP="heaptrack -o F"    a command the controller runs under (profiling: the report's RSS
-#                                  and CPU are then the wrapper's process, not the controller's)
+#                                  and CPU are then the wrapper's process, not the controller's, and
+#                                  the clean-up stops the wrapper: check that the controller under it
+#                                  exited too)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"   # bench_args, log, warn, die, alloc_ports, wait_ready
 
