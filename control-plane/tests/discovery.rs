@@ -272,6 +272,15 @@ async fn a_subscription_gets_the_snapshot_then_every_real_change() {
     assert_eq!(authorities, ["10.96.0.20:9090", "orders.demo:8080", "orders:8080"]);
     assert!(fixed.iter().all(|u| u.service.as_ref().unwrap().endpoints.len() == 1));
 
+    // Written in place, same size, its modification time set back: still seen (the change time,
+    // which no tool can set, moved on).
+    let modified = std::fs::metadata(&m.path).unwrap().modified().unwrap();
+    let same_size = mesh(&[FIRST], "").replace("zone: z1", "zone: z2");
+    std::fs::write(&m.path, &same_size).unwrap();
+    std::fs::File::options().write(true).open(&m.path).unwrap().set_modified(modified).unwrap();
+    let moved = [p.update().await, p.update().await, p.update().await];
+    assert!(moved.iter().all(|u| u.service.as_ref().unwrap().endpoints[0].zone == "z2"));
+
     let (_, metrics) = http_get(m.controller.admin_addr(), "/metrics").await;
     assert_eq!(metric(&metrics, "strait_controller_subscriptions"), 3.0);
     assert!(metric(&metrics, "strait_controller_push_duration_seconds_count") >= 5.0);
