@@ -51,6 +51,8 @@ pub enum Error {
     Ca(#[from] identity::ca::CaError),
     #[error("identity server: {0}")]
     IdentityServer(tonic::transport::Error),
+    #[error("--identity-server-id {id:?}: {reason}")]
+    IdentityServerId { id: String, reason: String },
     #[error("installing the signal handlers: {0}")]
     Signal(std::io::Error),
     #[error("the {0} task stopped unexpectedly")]
@@ -169,6 +171,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
                 None => mesh.trust_domain.clone(),
             };
             let server_id = ic.server_id.clone().unwrap_or_else(|| identity::default_server_id(&trust_domain));
+            identity::SpiffeId::parse(&server_id).map_err(|reason| Error::IdentityServerId { id: server_id.clone(), reason })?;
             let ca = Arc::new(ca);
             let own = identity::server_tls::OwnCert::new(ca.clone(), &server_id)?;
             let tls = identity::server_tls::server_config(own).map_err(|e| Error::Ca(identity::ca::CaError::Key(e.to_string())))?;

@@ -385,6 +385,40 @@ async fn changes_to_slices_pods_and_annotations_reach_the_subscribers() {
     }
 }
 
+/// A hand-written slice whose port has no number: its endpoints' port is the Service's named target
+/// port, resolved from their Pod. A Pod that arrives after the slice makes its endpoint appear, as
+/// a whole rebuild would show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_arriving_after_its_slice_resolves_the_named_target_port() {
+    let (c, mut p) = Cluster::with_proxy("k8s-late-pod").await;
+    const WEB: &str = "web.demo:8080";
+    let before: Vec<String> = addresses(&p.service(WEB).await).into_iter().map(str::to_string).collect();
+    c.api.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-hand", "namespace": "demo", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP"}],
+        "endpoints": [{
+            "addresses": ["10.1.0.30"], "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "namespace": "demo", "name": "web-late"},
+        }],
+    }));
+    // Without its Pod the endpoint has no port: not served, nothing changes.
+    assert_eq!(p.next_within(QUIET).await, None);
+    c.api.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-late", "namespace": "demo"},
+        "spec": {"serviceAccountName": "web", "containers": [
+            {"name": "app", "ports": [{"name": "http-web", "containerPort": 8081}]}, {"name": "strait-proxy"},
+        ]},
+        "status": {"phase": "Running", "podIP": "10.1.0.30"},
+    }));
+    let mut want = before;
+    want.push("10.1.0.30:8081".to_string());
+    want.sort();
+    assert_eq!(addresses(&p.update(WEB).await), want.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_ended_with_410_gone_is_listed_again_and_converges() {
     let (c, mut p) = Cluster::with_proxy("k8s-gone").await;

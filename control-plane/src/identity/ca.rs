@@ -84,6 +84,8 @@ struct Current {
     chain_der: Vec<Vec<u8>>,
     not_after: SystemTime,
     subject: String,
+    /// Tells issuers apart (a hash of the issuer's certificate).
+    id: u64,
 }
 
 pub struct Ca {
@@ -98,6 +100,8 @@ pub struct Signed {
     pub leaf_der: Vec<u8>,
     pub chain_der: Vec<Vec<u8>>,
     pub not_after_unix: u64,
+    /// [`Ca::issuer_id`] of the issuer that signed it.
+    pub issuer_id: u64,
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, CaError> {
@@ -211,6 +215,11 @@ impl Ca {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Which issuer signs now: changes when a reload brings another one.
+    pub fn issuer_id(&self) -> u64 {
+        self.current().id
+    }
+
     /// The issuer's subject, for logs.
     pub fn issuer_subject(&self) -> String {
         self.current().subject.clone()
@@ -259,7 +268,12 @@ impl Ca {
         let not_after = (now + self.lifetime).min(current.not_after);
         params.not_after = not_after.into();
         let cert = params.signed_by(&csr.public_key, &current.issuer)?;
-        Ok(Signed { leaf_der: cert.der().to_vec(), chain_der: current.chain_der.clone(), not_after_unix: unix(not_after) })
+        Ok(Signed {
+            leaf_der: cert.der().to_vec(),
+            chain_der: current.chain_der.clone(),
+            not_after_unix: unix(not_after),
+            issuer_id: current.id,
+        })
     }
 }
 
@@ -329,9 +343,14 @@ fn load_issuer(files: &IssuerFiles) -> Result<Current, CaError> {
     }
     let subject = x509.subject().to_string();
     let not_after = UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
-    let chain_der = chain.iter().filter(|c| !anchors_der.contains(c)).map(|c| c.to_vec()).collect();
+    let chain_der: Vec<Vec<u8>> = chain.iter().filter(|c| !anchors_der.contains(c)).map(|c| c.to_vec()).collect();
     let issuer = Issuer::from_ca_cert_der(&chain[0], key)?;
-    Ok(Current { issuer, chain_der, not_after, subject })
+    let id = {
+        let mut h = DefaultHasher::new();
+        chain_der.hash(&mut h);
+        h.finish()
+    };
+    Ok(Current { issuer, chain_der, not_after, subject, id })
 }
 
 #[cfg(test)]

@@ -49,9 +49,15 @@ pub struct OwnCert {
 struct Issued {
     key: Arc<CertifiedKey>,
     renew_at: SystemTime,
-    /// The issuer's expiry when this was issued: a different one means a new issuer.
-    issuer_not_after: u64,
+    /// The issuer that signed it: another one signing now means renew.
+    issuer_id: u64,
+    /// Renewals failed since the last success (logged once per run of failures).
+    failures: u32,
 }
+
+/// After a failed renewal, the next try waits this long: the current certificate keeps serving,
+/// and a handshake does not pay for a doomed signing each time.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 impl OwnCert {
     pub fn new(ca: Arc<Ca>, spiffe: &str) -> Result<Arc<Self>, CaError> {
@@ -65,11 +71,19 @@ impl OwnCert {
 
     fn current(&self) -> Arc<CertifiedKey> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let due = SystemTime::now() >= current.renew_at || current.issuer_not_after != self.ca.issuer_not_after_unix();
-        if due {
+        let now = SystemTime::now();
+        if now >= current.renew_at || current.issuer_id != self.ca.issuer_id() {
             match issue(&self.ca, &self.spiffe) {
                 Ok(issued) => *current = issued,
-                Err(e) => tracing::warn!(error = %e, identity = %self.spiffe, "renewing the identity service's certificate failed; the current one serves"),
+                Err(e) => {
+                    if current.failures == 0 {
+                        tracing::warn!(error = %e, identity = %self.spiffe, "renewing the identity service's certificate failed; the current one serves");
+                    }
+                    current.failures += 1;
+                    current.renew_at = now + RETRY_AFTER_FAILURE;
+                    // Also when only the issuer changed: retry on time, not on every handshake.
+                    current.issuer_id = self.ca.issuer_id();
+                }
             }
         }
         current.key.clone()
@@ -94,6 +108,7 @@ fn issue(ca: &Ca, spiffe: &str) -> Result<Issued, CaError> {
     params.subject_alt_names = vec![SanType::URI(rcgen::string::Ia5String::try_from(spiffe.to_string())?)];
     let csr = params.serialize_request(&key)?;
     let signed = ca.sign(csr.der(), spiffe)?;
+    let issuer_id = signed.issuer_id;
     let mut chain = vec![CertificateDer::from(signed.leaf_der)];
     chain.extend(signed.chain_der.into_iter().map(CertificateDer::from));
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -107,7 +122,8 @@ fn issue(ca: &Ca, spiffe: &str) -> Result<Issued, CaError> {
     Ok(Issued {
         key: Arc::new(CertifiedKey::new(chain, signing)),
         renew_at: now + half,
-        issuer_not_after: ca.issuer_not_after_unix(),
+        issuer_id,
+        failures: 0,
     })
 }
 

@@ -37,7 +37,7 @@ use self::slim::{EndpointSlice, Pod};
 use crate::{
     authority::ServiceName,
     metrics::Metrics,
-    model::{Change, Mesh, WorkloadRef},
+    model::{Change, WorkloadRef},
     store::Store,
 };
 
@@ -114,7 +114,7 @@ pub async fn run(
                 let mesh = convert::mesh(&service_objects, &slice_objects, &pod_objects, &settings);
                 reporter.report(&service_objects);
                 reporter.report_pods(&pod_objects);
-                relations = Relations::of(&slice_objects, &mesh);
+                relations = Relations::of(&slice_objects);
                 let (services, endpoints, workloads) = mesh.counts();
                 tracing::debug!(services, endpoints, workloads, "Kubernetes mesh built whole");
                 store.publish(mesh);
@@ -174,17 +174,20 @@ fn pod_hash(namespace: &str, name: &str) -> u64 {
 }
 
 impl Relations {
-    /// The relations of a whole mesh built from these slices.
-    fn of(slices: &[Arc<EndpointSlice>], mesh: &Mesh) -> Self {
+    /// The relations of the cluster's slices.
+    fn of(slices: &[Arc<EndpointSlice>]) -> Self {
         let mut r = Self::default();
+        let mut by_owner: HashMap<Key, Vec<&EndpointSlice>> = HashMap::new();
         for slice in slices {
             let owner = slice.metadata.labels.as_ref().and_then(|l| l.get(convert::SERVICE_NAME_LABEL));
             if let (Some(ns), Some(name), Some(owner)) = (&slice.metadata.namespace, &slice.metadata.name, owner) {
-                r.set_slice((ns.clone(), name.clone()), Some((ns.clone(), owner.clone())));
+                let owner = (ns.clone(), owner.clone());
+                r.set_slice((ns.clone(), name.clone()), Some(owner.clone()));
+                by_owner.entry(owner).or_default().push(slice);
             }
         }
-        for s in &mesh.services {
-            r.set_pods((s.namespace.clone(), s.name.clone()), Some(s));
+        for (service, slices) in by_owner {
+            r.set_pods(service, &slices);
         }
         r
     }
@@ -207,8 +210,10 @@ impl Relations {
         before
     }
 
-    /// Records the Pods behind a service's endpoints (`None`: the service is gone).
-    fn set_pods(&mut self, service: Key, model: Option<&crate::model::Service>) {
+    /// Records the Pods its slices' endpoints name as behind a service: every one, also those the
+    /// conversion left out (a Pod not seen yet, whose container ports would resolve a named target
+    /// port), so that the Pod's arrival converts the service again.
+    fn set_pods(&mut self, service: Key, slices: &[&EndpointSlice]) {
         for pod in self.pods_of.remove(&service).into_iter().flatten() {
             if let Some(services) = self.services_of_pod.get_mut(&pod) {
                 services.retain(|s| **s != service);
@@ -217,11 +222,15 @@ impl Relations {
                 }
             }
         }
-        let mut pods: Vec<u64> = model
-            .into_iter()
-            .flat_map(|m| &m.endpoints)
-            .filter_map(|e| e.workload.as_ref())
-            .map(|w| pod_hash(&w.namespace, &w.name))
+        let mut pods: Vec<u64> = slices
+            .iter()
+            .flat_map(|slice| {
+                let ns = slice.metadata.namespace.as_deref().unwrap_or_default();
+                slice.endpoints.iter().flatten().filter_map(move |e| {
+                    let r = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod"))?;
+                    Some(pod_hash(r.namespace.as_deref().unwrap_or(ns), r.name.as_deref()?))
+                })
+            })
             .collect();
         pods.sort_unstable();
         pods.dedup();
@@ -273,7 +282,7 @@ impl Relations {
                 .collect();
             let slice_refs: Vec<&EndpointSlice> = slice_objects.iter().map(|s| &**s).collect();
             let model = object.as_deref().and_then(|o| convert::service(o, &slice_refs, &pod, settings));
-            self.set_pods(key.clone(), model.as_ref());
+            self.set_pods(key.clone(), &slice_refs);
             change.services.push((ServiceName::new(&key.0, &key.1), model));
             services_seen.push((key, object));
         }

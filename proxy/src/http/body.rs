@@ -55,11 +55,14 @@ impl http_body::Body for Body {
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(trailers) = frame.trailers_ref() {
-                            metrics.finish(trailers.get("grpc-status").and_then(|v| v.to_str().ok()), false);
+                            // Trailers without a status are a broken call, as gRPC clients see it.
+                            let status = trailers.get("grpc-status").and_then(|v| v.to_str().ok());
+                            metrics.finish(status, status.is_none());
                         }
                     }
                     Poll::Ready(Some(Err(_))) => metrics.finish(None, true),
-                    Poll::Ready(None) => metrics.finish(None, false),
+                    // The end without any trailers: no status, a broken call.
+                    Poll::Ready(None) => metrics.finish(None, true),
                     Poll::Pending => {}
                 }
                 polled

@@ -29,7 +29,14 @@ pub fn record(m: &Metrics, l: &Labels<'_>, outcome: &Outcome<'_>, elapsed: Durat
     let (status, grpc, outcome_label) = match outcome {
         Outcome::Response { status, grpc_status, broken } => {
             let failed = *broken || status.is_server_error() || grpc_status.is_some_and(|g| g != "0");
-            (*status, grpc_status.unwrap_or(""), if failed { "failure" } else { "success" })
+            // The label takes gRPC's 17 codes; anything else an upstream sends is `other`, so a
+            // broken server cannot grow the metric without bound.
+            let grpc = match grpc_status {
+                Some(g) if g.parse::<u8>().is_ok_and(|c| c <= 16) && !g.starts_with('+') => g,
+                Some(_) => "other",
+                None => "",
+            };
+            (*status, grpc, if failed { "failure" } else { "success" })
         }
         Outcome::ProxyError { status, kind } => {
             m.proxy_errors.with_label_values(&[l.direction, l.dst_service, kind]).inc();
@@ -56,10 +63,12 @@ pub fn record(m: &Metrics, l: &Labels<'_>, outcome: &Outcome<'_>, elapsed: Durat
 
 /// Whether a response's outcome is known only at its end: gRPC (by content type) without
 /// `grpc-status` in its headers, so the status comes in trailers.
+/// gRPC-Web carries its status inside the body, not in HTTP trailers: not deferred.
 pub fn status_in_trailers(headers: &HeaderMap) -> bool {
-    let grpc = headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/grpc") && !v.starts_with(b"application/grpc-web")
+    });
     grpc && !headers.contains_key("grpc-status")
 }
 
@@ -74,8 +83,8 @@ pub struct OwnedLabels {
 }
 
 /// A response's metrics, waiting for its trailers. Recorded once: by [`Deferred::finish`] when the
-/// body ends, or on drop when the body was abandoned (the client went away) — then without a
-/// gRPC status, classified by the HTTP status alone.
+/// body ends (without a status, the call counts as failed), or on drop when the body was abandoned
+/// (the client went away) — then without a gRPC status, classified by the HTTP status alone.
 pub struct Deferred(Option<Box<Waiting>>);
 
 struct Waiting {
@@ -111,5 +120,53 @@ impl Deferred {
 impl Drop for Deferred {
     fn drop(&mut self) {
         self.finish(None, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::header::HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn only_grpc_without_a_status_in_its_headers_waits_for_trailers() {
+        assert!(status_in_trailers(&headers(&[("content-type", "application/grpc")])));
+        assert!(status_in_trailers(&headers(&[("content-type", "application/grpc+proto")])));
+        assert!(!status_in_trailers(&headers(&[("content-type", "application/grpc"), ("grpc-status", "14")])));
+        assert!(!status_in_trailers(&headers(&[("content-type", "application/grpc-web+proto")])));
+        assert!(!status_in_trailers(&headers(&[("content-type", "text/plain")])));
+    }
+
+    #[test]
+    fn a_call_ending_without_a_status_fails_and_unknown_statuses_share_a_label() {
+        let m = Metrics::new();
+        let labels = || OwnedLabels {
+            direction: "outbound",
+            authority: Arc::from("grpc.demo:9090"),
+            dst_service: None,
+            dst_namespace: None,
+            tls: "false",
+            peer_id: None,
+        };
+        Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)).finish(None, true);
+        Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)).finish(Some("99"), false);
+        Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)).finish(Some("0"), false);
+        drop(Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)));
+        let text = m.encode();
+        let has = |grpc: &str, outcome: &str| {
+            text.lines().any(|l| {
+                l.starts_with("strait_requests_total{")
+                    && l.contains(&format!("grpc_status=\"{grpc}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+                    && l.ends_with(" 1")
+            })
+        };
+        assert!(has("", "failure"), "no status at the end: failed\n{text}");
+        assert!(has("other", "failure"), "status 99: one label for all unknown ones\n{text}");
+        assert!(has("0", "success"));
+        assert!(has("", "success"), "an abandoned body: classified by its HTTP status\n{text}");
     }
 }
