@@ -219,8 +219,11 @@ impl ProxyStream {
 
     async fn serve(&mut self, requests: &mut Streaming<pb::WatchRequest>) -> Result<(), StreamError> {
         let timeout = self.limits.hello_timeout;
-        let first = tokio::time::timeout(timeout, requests.message())
-            .await
+        let first = tokio::select! {
+            first = tokio::time::timeout(timeout, requests.message()) => first,
+            _ = self.shutdown.cancelled() => return Err(StreamError::ShuttingDown),
+        };
+        let first = first
             .map_err(|_| StreamError::HelloTimeout(timeout))?
             .map_err(|s| StreamError::Receive(s.message().to_string()))?;
         match first.and_then(|r| r.request) {

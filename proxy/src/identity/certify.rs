@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 const RENEW_AT: f64 = 0.7;
 /// Up to this share of the lifetime is added or removed at random from the renewal time.
 const RENEW_JITTER: f64 = 0.05;
+/// The shortest wait before a renewal: a certificate that looks almost expired when it arrives
+/// (a clock far off the controller's) must not make the proxy ask again every second.
+const MIN_RENEW_WAIT: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -68,7 +71,7 @@ impl Certifier {
                     let now = now_unix();
                     let lifetime = not_after.saturating_sub(now) as f64;
                     let jitter = (fastrand::f64() * 2.0 - 1.0) * RENEW_JITTER;
-                    let wait = Duration::from_secs_f64((lifetime * (RENEW_AT + jitter)).max(1.0));
+                    let wait = Duration::from_secs_f64(lifetime * (RENEW_AT + jitter)).max(MIN_RENEW_WAIT);
                     tracing::info!(identity = %self.store.spiffe, expires_in = ?Duration::from_secs(lifetime as u64), renew_in = ?wait, "certificate obtained");
                     tokio::time::sleep(wait).await;
                 }
@@ -84,7 +87,8 @@ impl Certifier {
 
     async fn certify_once(&self) -> Result<u64, CertifyError> {
         let token = match &self.token_file {
-            Some(p) => std::fs::read_to_string(p)
+            Some(p) => tokio::fs::read_to_string(p)
+                .await
                 .map_err(|e| CertifyError::Token(p.display().to_string(), e))?
                 .trim()
                 .to_string(),
