@@ -152,7 +152,7 @@ impl Discovery for DiscoveryService {
             limits: self.limits,
             hello: pb::Hello::default(),
             subscriptions: HashMap::new(),
-            inbound_sent: None,
+            inbound: InboundState::default(),
             last_version: 0,
         };
         let span = tracing::info_span!(
@@ -189,7 +189,7 @@ struct ProxyStream {
     limits: Limits,
     hello: pb::Hello,
     subscriptions: HashMap<String, Subscription>,
-    inbound_sent: Option<pb::InboundPolicy>,
+    inbound: InboundState,
     last_version: u64,
 }
 
@@ -244,9 +244,9 @@ impl ProxyStream {
             _ = self.out.closed() => return Err(StreamError::ClientGone),
         }
         drop(status);
-        self.watch(index::workload_topic(&self.hello.namespace, &self.hello.workload));
-        let reader = self.reader.clone();
-        let inbound = self.inbound_update(&reader.index());
+        self.inbound.workload = index::workload_key(&self.hello.namespace, &self.hello.workload);
+        self.watch(Topic::Workload(self.inbound.workload.clone()));
+        let inbound = self.inbound.update(&self.reader.index(), &mut self.last_version);
         if let Some(response) = inbound {
             self.send(response).await?;
         }
@@ -354,8 +354,7 @@ impl ProxyStream {
         let mut responses = Vec::new();
         let mut changed_at = Vec::new();
         {
-            let reader = self.reader.clone();
-            let index = reader.index();
+            let index = self.reader.index();
             for (authority, sub) in &mut self.subscriptions {
                 let now = resolve(&index, sub.target.as_ref());
                 if now != sub.sent {
@@ -368,7 +367,7 @@ impl ProxyStream {
                     sub.sent = now;
                 }
             }
-            responses.extend(self.inbound_update(&index));
+            responses.extend(self.inbound.update(&index, &mut self.last_version));
         }
         for r in responses {
             self.send(r).await?;
@@ -377,19 +376,6 @@ impl ProxyStream {
             self.metrics.push_duration.observe(at.elapsed().as_secs_f64());
         }
         Ok(())
-    }
-
-    /// The workload's inbound policy, when it differs from what was last sent.
-    fn inbound_update(&mut self, index: &Index) -> Option<pb::WatchResponse> {
-        let policy = index.inbound(&self.hello.namespace, &self.hello.workload);
-        if self.inbound_sent.as_ref() == Some(&policy) {
-            return None;
-        }
-        let version = self.next_version();
-        self.inbound_sent = Some(policy.clone());
-        Some(pb::WatchResponse {
-            response: Some(watch_response::Response::Inbound(pb::InboundPolicy { version, ..policy })),
-        })
     }
 
     fn next_version(&mut self) -> u64 {
@@ -407,6 +393,30 @@ impl ProxyStream {
         self.out.send(Box::new(Ok(response))).await.map_err(|_| StreamError::ClientGone)?;
         self.metrics.updates.with_label_values(&[kind]).inc();
         Ok(())
+    }
+}
+
+/// The stream's workload and the inbound policy last sent to it.
+#[derive(Default)]
+struct InboundState {
+    workload: crate::model::WorkloadRef,
+    /// `None` before the first send; then the policy sent (`None` inside: the defaults).
+    sent: Option<Option<Arc<pb::InboundPolicy>>>,
+}
+
+impl InboundState {
+    /// The workload's inbound policy, when it differs from what was last sent.
+    fn update(&mut self, index: &Index, last_version: &mut u64) -> Option<pb::WatchResponse> {
+        let now = index.inbound_of(&self.workload);
+        if self.sent.as_ref().is_some_and(|sent| sent.as_ref() == now) {
+            return None;
+        }
+        self.sent = Some(now.cloned());
+        *last_version += 1;
+        let policy = now.map(|p| (**p).clone()).unwrap_or_default();
+        Some(pb::WatchResponse {
+            response: Some(watch_response::Response::Inbound(pb::InboundPolicy { version: *last_version, ..policy })),
+        })
     }
 }
 

@@ -108,11 +108,6 @@ pub fn topic(authority: &Authority, cluster_domain: &str, client_namespace: &str
     Some((topic, authority.port))
 }
 
-/// The topic of a workload's inbound policy.
-pub fn workload_topic(namespace: &str, name: &str) -> Topic {
-    Topic::Workload(workload_key(namespace, name))
-}
-
 /// How many objects of each kind the index holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -213,7 +208,12 @@ impl Index {
     /// The inbound policy of a workload (`version` left at 0); a workload the mesh does not list
     /// gets the defaults.
     pub fn inbound(&self, namespace: &str, workload: &str) -> pb::InboundPolicy {
-        self.inbound.get(&workload_key(namespace, workload)).map(|p| (**p).clone()).unwrap_or_default()
+        self.inbound_of(&workload_key(namespace, workload)).map(|p| (**p).clone()).unwrap_or_default()
+    }
+
+    /// [`Index::inbound`] by key; `None` means the defaults.
+    pub fn inbound_of(&self, key: &WorkloadRef) -> Option<&Arc<pb::InboundPolicy>> {
+        self.inbound.get(key)
     }
 }
 
@@ -289,23 +289,11 @@ impl Builder {
         for w in mesh.workloads {
             workloads.entry(workload_key(&w.namespace, &w.name)).or_insert(w);
         }
-        let gone: Vec<ServiceName> = self.services.keys().filter(|k| !services.contains_key(*k)).cloned().collect();
-        for name in gone {
-            self.set_service(name, None, &mut dirty);
+        for (name, s) in differences(&self.services, services) {
+            self.set_service(name, s, &mut dirty);
         }
-        for (name, s) in services {
-            if self.services.get(&name) != Some(&s) {
-                self.set_service(name, Some(s), &mut dirty);
-            }
-        }
-        let gone: Vec<WorkloadRef> = self.workloads.keys().filter(|k| !workloads.contains_key(*k)).cloned().collect();
-        for key in gone {
-            self.set_workload(key, None, &mut dirty);
-        }
-        for (key, w) in workloads {
-            if self.workloads.get(&key) != Some(&w) {
-                self.set_workload(key, Some(w), &mut dirty);
-            }
+        for (key, w) in differences(&self.workloads, workloads) {
+            self.set_workload(key, w, &mut dirty);
         }
         let mut update = Update::default();
         if trust_domain_changed {
@@ -533,7 +521,16 @@ impl Builder {
     }
 }
 
-fn workload_key(namespace: &str, name: &str) -> WorkloadRef {
+/// What turns `old` into `new`: the keys `new` lacks (`None`), then the entries it holds
+/// differently or newly.
+fn differences<K: Eq + std::hash::Hash + Clone, V: PartialEq>(old: &HashMap<K, V>, new: HashMap<K, V>) -> Vec<(K, Option<V>)> {
+    let mut out: Vec<(K, Option<V>)> = old.keys().filter(|k| !new.contains_key(*k)).map(|k| (k.clone(), None)).collect();
+    out.extend(new.into_iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, v)| (k, Some(v))));
+    out
+}
+
+/// A workload's key in the index (names are case-insensitive).
+pub fn workload_key(namespace: &str, name: &str) -> WorkloadRef {
     WorkloadRef { namespace: namespace.to_ascii_lowercase(), name: name.to_ascii_lowercase() }
 }
 
@@ -747,8 +744,8 @@ services:
         assert_eq!(answers(&index), answers(&whole));
         assert_eq!(index.counts(), whole.counts());
         assert!(topics.contains(&Topic::Ip("10.96.0.20".parse().unwrap())));
-        assert!(topics.contains(&workload_topic("data", "db-0")), "db-0's opaque port moved with its endpoint");
-        assert!(!topics.contains(&workload_topic("demo", "orders-v1")), "orders-v1's policy did not change");
+        assert!(topics.contains(&Topic::Workload(workload_key("data", "db-0"))), "db-0's opaque port moved with its endpoint");
+        assert!(!topics.contains(&Topic::Workload(workload_key("demo", "orders-v1"))), "orders-v1's policy did not change");
         let orders = service(resolve(&index, "orders.demo:8080", ""));
         assert_eq!(orders.endpoints[0].identity, "spiffe://example.org/ns/demo/sa/orders-sa");
         assert_eq!(index.inbound("data", "db-0").opaque_ports, [3308]);

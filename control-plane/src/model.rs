@@ -77,7 +77,7 @@ pub struct Endpoint {
 }
 
 /// Names a workload: its namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkloadRef {
     pub namespace: String,
     pub name: String,
