@@ -47,5 +47,18 @@ else
   esac
 fi
 
+# Further tiers, one script each (scripts/tiers/NN-name.sh, run in name order). A tier script
+# prints its own progress, and its last line of stdout is its summary line; it exits 0 when it ran
+# or was skipped outside CI, non-zero on failure (a missing tool under CI=true is a failure).
+for tier in scripts/tiers/*.sh; do
+  [ -e "$tier" ] || continue
+  echo "== tier $(basename "$tier" .sh)"
+  out=$(mktemp); rc=0
+  bash "$tier" | tee "$out" || rc=$?
+  line=$(tail -n 1 "$out"); rm -f "$out"
+  [ "$rc" = 0 ] || { echo "[$(basename "$tier" .sh)] FAILED (exit $rc)" >&2; exit "$rc"; }
+  summary+=("$(basename "$tier" .sh | sed 's/^[0-9]*-//'): ${line}")
+done
+
 echo "== summary ($(( $(date +%s) - start ))s)"
 printf '  %s\n' "${summary[@]}"
