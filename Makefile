@@ -10,7 +10,7 @@ all: build
 help:
 	@grep -E '^## ' Makefile | sed 's/^## //'
 
-## build          debug binaries of the whole workspace (target/debug)
+## build          debug binaries of the whole workspace (target/debug, or $CARGO_TARGET_DIR/debug)
 build:
 	$(CARGO) build --workspace --bins
 
@@ -18,9 +18,10 @@ build:
 test:
 	./scripts/test.sh
 
-## demo           the embedded mesh on this machine: controller, services with sidecars, faults, live metrics
+## demo           the embedded mesh on this machine: controller, services with sidecars, faults, live metrics (DEMO_ARGS="--duration 30")
+# Through cargo, so the binaries are found wherever CARGO_TARGET_DIR puts them.
 demo: build
-	./target/debug/strait demo
+	$(CARGO) run -q --bin strait -- demo $(DEMO_ARGS)
 
 ## bench          release builds; Strait vs direct, HAProxy and nginx (see bench/README.md)
 bench:

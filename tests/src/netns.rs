@@ -29,6 +29,7 @@ use std::{
     process::{Command, Output, Stdio},
     sync::{
         Mutex,
+        OnceLock,
         atomic::{AtomicU8, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
@@ -310,6 +311,50 @@ fn remove_stale_namespaces() {
     }
 }
 
+/// Where [`proxy_binary`] keeps its copy: `<temp dir>/strait-bin-<pid of the test process>`.
+const PROXY_BIN_DIR_PREFIX: &str = "strait-bin-";
+
+/// `strait-proxy` at a path UID 7102 can execute.
+///
+/// The proxy runs as UID 7102, which cannot reach a binary inside a private checkout (a clone
+/// under root's 0700 home, say). So every test process copies the binary once into a fresh
+/// `0755` folder under the temp dir and runs the copy; folders of test processes that no longer
+/// run are removed by the next cluster ([`remove_stale_namespaces`]).
+pub fn proxy_binary() -> PathBuf {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let src = bin("strait-proxy");
+        let dir = std::env::temp_dir().join(format!("{PROXY_BIN_DIR_PREFIX}{}", std::process::id()));
+        let dst = dir.join("strait-proxy");
+        let copy = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::copy(&src, &dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))
+        };
+        copy().unwrap_or_else(|e| {
+            panic!("copying {} to {} (for UID {PROXY_UID}): {e}", src.display(), dst.display())
+        });
+        dst
+    })
+    .clone()
+}
+
+/// Removes the binary folders of [`proxy_binary`] whose test process is gone.
+fn remove_stale_binary_copies() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PROXY_BIN_DIR_PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
 /// A node namespace with a bridge, pods joined to it, and (optionally) a controller on the node.
@@ -330,6 +375,7 @@ impl Cluster {
     /// An empty cluster: the node namespace and its bridge.
     pub fn new(label: &str) -> Cluster {
         remove_stale_namespaces();
+        remove_stale_binary_copies();
         let id = format!("strait-{}-{}", std::process::id(), NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed));
         let node = Netns::create(&format!("{id}-node"));
         node.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -535,7 +581,7 @@ impl Pod {
         full.extend_from_slice(env);
         let mut p = self.ns.spawn(
             &format!("proxy-{}", self.name),
-            bin("strait-proxy"),
+            proxy_binary(),
             &[],
             &full,
             Some(PROXY_UID),

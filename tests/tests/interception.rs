@@ -436,7 +436,7 @@ fn init_without_privileges_fails_clearly_and_dry_run_needs_none() {
     }
     let cluster = Cluster::new("init-eperm");
     let pod = cluster.pod("p");
-    let proxy = strait_tests::bin("strait-proxy");
+    let proxy = netns::proxy_binary();
     let as_user = |args: &[&str]| {
         let uid = netns::PROXY_UID.to_string();
         let mut argv = vec!["setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups", proxy.to_str().unwrap(), "init"];
