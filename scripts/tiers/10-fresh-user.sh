@@ -14,7 +14,9 @@ chmod 700 "$tmp"
 ran=()
 
 # 1. netns tier from a private folder.
-if [ "$(id -u)" = 0 ] && command -v ip >/dev/null && command -v iptables >/dev/null && command -v curl >/dev/null; then
+tools=0; [ "$(id -u)" = 0 ] && { ./scripts/ensure-tools.sh fresh-user ip=iproute2 iptables=iptables curl=curl setpriv=util-linux || tools=$?; }
+[ "$tools" -le 1 ] || exit "$tools"
+if [ "$(id -u)" = 0 ] && [ "$tools" = 0 ]; then
   mkdir -m 700 "$tmp/bin"
   cp "$target"/debug/{strait-proxy,strait-controller,strait-testsrv,strait} "$tmp/bin/"
   echo "[fresh-user] netns tier with the binaries in a 0700 folder ($tmp/bin)"
