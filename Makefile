@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test demo bench bench-smoke bench-tls bench-policy bench-controller bench-controller-k8s check-deps release clean help
+.PHONY: all build test demo fuzz bench bench-smoke bench-tls bench-policy bench-controller bench-controller-k8s check-deps release clean help
 
 all: build
 
@@ -47,6 +47,10 @@ bench-controller:
 ## bench-controller-k8s  the same in Kubernetes mode: 10k Services, 10k EndpointSlices, 100k Pods in a test API server (bench/results/controller-k8s-latest.md)
 bench-controller-k8s:
 	./bench/controller.sh --kubernetes
+
+## fuzz           every cargo-fuzz target for FUZZ_SECONDS each (default 60; fuzz/README.md)
+fuzz:
+	./scripts/fuzz.sh
 
 ## check-deps     the proxy links neither kube nor k8s-openapi
 check-deps:
