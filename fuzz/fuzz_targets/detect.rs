@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncReadExt;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() else {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
         return;
     };
     rt.block_on(async {
@@ -17,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
             None => (1, data),
         };
         let mut b = tokio_test_io(rest, chunk);
-        let Ok((_, mut prefixed)) = strait_proxy::detect::detect(&mut b, Duration::from_secs(1)).await else {
+        let Ok((_, mut prefixed)) =
+            strait_proxy::detect::detect(&mut b, Duration::from_secs(1)).await
+        else {
             return;
         };
         // Whatever was read for detection is given back first: the stream is unchanged.

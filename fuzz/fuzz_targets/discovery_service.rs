@@ -10,8 +10,12 @@ use strait_proto::discovery::v1 as pb;
 use strait_proxy::{discover::ServiceProfile, metrics::Metrics, outbound::policy::stack::Logicals};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(svc) = pb::Service::decode(data) else { return };
-    let Ok(profile) = ServiceProfile::from_proto(&svc) else { return };
+    let Ok(svc) = pb::Service::decode(data) else {
+        return;
+    };
+    let Ok(profile) = ServiceProfile::from_proto(&svc) else {
+        return;
+    };
     let profile = Arc::new(profile);
     let metrics = Metrics::new();
     let logicals = Logicals::default();
