@@ -784,4 +784,167 @@ services:
         index.apply(&builder.apply(Change { services: vec![(name("demo", "aaa"), None)], workloads: vec![] }, Instant::now()));
         assert_eq!(service(resolve(&index, "10.96.0.20:8080", "")).name, "orders");
     }
+
+    /// What the index answers, in a comparable form: per name and per IP the encoded snapshot
+    /// of each port, and the inbound policies.
+    type View = (String, Counts, BTreeMap<String, Vec<(u16, Bytes)>>, BTreeMap<IpAddr, Vec<(u16, Bytes)>>, BTreeMap<WorkloadRef, pb::InboundPolicy>);
+
+    fn view(index: &Index) -> View {
+        let ports = |e: &ServiceEntry| e.ports.iter().map(|(p, s)| (*p, s.encoded.clone())).collect::<Vec<_>>();
+        (
+            index.trust_domain.clone(),
+            index.counts,
+            index.by_name.iter().map(|(n, e)| (format!("{}/{}", n.namespace, n.name), ports(e))).collect(),
+            index.by_ip.iter().map(|(ip, e)| (*ip, ports(e))).collect(),
+            index.inbound.iter().map(|(k, p)| (k.clone(), (**p).clone())).collect(),
+        )
+    }
+
+    mod props {
+        //! The incremental index against one built from scratch: whatever sequence of whole meshes
+        //! or changes a source sends, the index answers as one built from the final mesh.
+        use super::*;
+        use proptest::{collection::vec, option, prelude::*, sample::select};
+
+        fn ip(i: u8) -> IpAddr {
+            IpAddr::from([10, 96, 0, i])
+        }
+
+        fn workload_ref() -> impl Strategy<Value = WorkloadRef> {
+            (select(vec!["a", "b"]), select(vec!["w0", "w1", "w2"]))
+                .prop_map(|(ns, n)| WorkloadRef { namespace: ns.into(), name: n.into() })
+        }
+
+        fn endpoint() -> impl Strategy<Value = Endpoint> {
+            (1u8..4, select(vec![80u16, 81]), option::of(1u8..4), option::of(workload_ref()), option::of(1u32..3)).prop_map(
+                |(host, port, proxy, workload, weight)| Endpoint {
+                    address: SocketAddr::from(([127, 0, 0, host], port)),
+                    proxy: proxy.map(|h| SocketAddr::from(([127, 0, 0, h], 7143))),
+                    workload,
+                    zone: None,
+                    weight,
+                    ports: BTreeMap::new(),
+                },
+            )
+        }
+
+        fn service() -> impl Strategy<Value = Service> {
+            (
+                select(vec!["a", "b"]),
+                select(vec!["s0", "s1", "s2"]),
+                vec(1u8..4, 0..2),
+                vec((select(vec![80u16, 8080]), select(vec![Protocol::Detect, Protocol::Grpc, Protocol::Opaque]), option::of(select(vec![81u16]))), 0..3),
+                option::of(select(vec!["3", "many"])),
+                vec(endpoint(), 0..4),
+            )
+                .prop_map(|(ns, name, ips, ports, limit, endpoints)| Service {
+                    name: name.into(),
+                    namespace: ns.into(),
+                    cluster_ips: ips.into_iter().map(ip).collect(),
+                    ports: ports.into_iter().map(|(port, protocol, target_port)| ServicePort { port, protocol, target_port }).collect(),
+                    annotations: limit.map(|l| ("retry.strait.io/limit".to_string(), l.to_string())).into_iter().collect(),
+                    endpoints,
+                })
+        }
+
+        fn workload() -> impl Strategy<Value = Workload> {
+            (workload_ref(), select(vec!["sa0", "sa1"]), any::<bool>(), vec(select(vec![25u16, 3306]), 0..2)).prop_map(
+                |(r, sa, strict, opaque_ports)| Workload {
+                    name: r.name,
+                    namespace: r.namespace,
+                    service_account: sa.into(),
+                    inbound_mode: if strict { InboundMode::Strict } else { InboundMode::Permissive },
+                    opaque_ports,
+                },
+            )
+        }
+
+        fn mesh() -> impl Strategy<Value = Mesh> {
+            (select(vec!["a.org", "b.org"]), vec(service(), 0..5), vec(workload(), 0..4)).prop_map(|(td, services, workloads)| Mesh {
+                trust_domain: td.into(),
+                services,
+                workloads,
+            })
+        }
+
+        /// One change: a service or workload set (`Some`) or removed (`None`).
+        #[derive(Debug, Clone)]
+        enum Step {
+            Service(Service, bool),
+            Workload(Workload, bool),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (service(), any::<bool>()).prop_map(|(s, set)| Step::Service(s, set)),
+                (workload(), any::<bool>()).prop_map(|(w, set)| Step::Workload(w, set)),
+            ]
+        }
+
+        fn from_scratch(mesh: &Mesh) -> View {
+            view(&Index::build(mesh, "cluster.local").0)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn whole_meshes_in_sequence_answer_as_the_last_one_built_from_scratch(meshes in vec(mesh(), 1..5)) {
+                let mut builder = Builder::new("cluster.local");
+                let mut index = Index::empty("cluster.local");
+                for m in &meshes {
+                    index.apply(&builder.full(m.clone(), Instant::now()));
+                }
+                prop_assert_eq!(view(&index), from_scratch(meshes.last().unwrap()));
+                // The same mesh again changes nothing.
+                let again = builder.full(meshes.last().unwrap().clone(), Instant::now());
+                prop_assert!(again.is_empty());
+            }
+
+            #[test]
+            fn changes_answer_as_the_resulting_mesh_built_from_scratch(start in mesh(), steps in vec(step(), 1..12)) {
+                let mut builder = Builder::new("cluster.local");
+                let mut index = Index::empty("cluster.local");
+                index.apply(&builder.full(start.clone(), Instant::now()));
+                // The mesh the changes lead to: first occurrence wins in a whole mesh, as in the builder.
+                let mut services: BTreeMap<ServiceName, Service> = BTreeMap::new();
+                for s in start.services {
+                    services.entry(ServiceName::new(&s.namespace, &s.name)).or_insert(s);
+                }
+                let mut workloads: BTreeMap<WorkloadRef, Workload> = BTreeMap::new();
+                for w in start.workloads {
+                    workloads.entry(workload_key(&w.namespace, &w.name)).or_insert(w);
+                }
+                for step in steps {
+                    let change = match step {
+                        Step::Service(s, set) => {
+                            let key = ServiceName::new(&s.namespace, &s.name);
+                            let value = set.then_some(s);
+                            match &value {
+                                Some(s) => services.insert(key.clone(), s.clone()),
+                                None => services.remove(&key),
+                            };
+                            Change { services: vec![(key, value)], workloads: vec![] }
+                        }
+                        Step::Workload(w, set) => {
+                            let key = workload_key(&w.namespace, &w.name);
+                            let value = set.then_some(w);
+                            match &value {
+                                Some(w) => workloads.insert(key.clone(), w.clone()),
+                                None => workloads.remove(&key),
+                            };
+                            Change { services: vec![], workloads: vec![(key, value)] }
+                        }
+                    };
+                    index.apply(&builder.apply(change, Instant::now()));
+                }
+                let end = Mesh {
+                    trust_domain: start.trust_domain,
+                    services: services.into_values().collect(),
+                    workloads: workloads.into_values().collect(),
+                };
+                prop_assert_eq!(view(&index), from_scratch(&end));
+            }
+        }
+    }
 }
