@@ -268,4 +268,104 @@ mod tests {
         let b = Balancer::default();
         assert!(matches!(b.pick(false, None), Err(ProxyError::NoEndpoints)));
     }
+
+    mod props {
+        //! Any sequence of endpoint updates, picks, responses and failures keeps the balancer's
+        //! books straight.
+        use super::*;
+        use proptest::{collection::vec, prelude::*};
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// The endpoint set becomes these ports (1..=5).
+            Update(Vec<u16>),
+            /// Pick (P2C or round robin), avoiding this port if given; keep the pick open.
+            Pick { round_robin: bool, avoid: Option<u16> },
+            /// The oldest open pick answers after this many ms, or fails.
+            Finish { ms: u64, failed: bool },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                vec(1u16..=5, 0..5).prop_map(Op::Update),
+                (any::<bool>(), proptest::option::of(1u16..=5)).prop_map(|(round_robin, avoid)| Op::Pick { round_robin, avoid }),
+                (0u64..3000, any::<bool>()).prop_map(|(ms, failed)| Op::Finish { ms, failed }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn picks_come_from_the_current_set_and_outstanding_counts_balance(ops in vec(op(), 1..60)) {
+                let b = Balancer::default();
+                let mut open: Vec<Pick> = Vec::new();
+                let mut current: Vec<u16> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Update(ports) => {
+                            let mut ports = ports;
+                            ports.sort_unstable();
+                            ports.dedup();
+                            b.update(&ports.iter().map(|p| ep(*p)).collect::<Vec<_>>());
+                            current = ports;
+                        }
+                        Op::Pick { round_robin, avoid } => match b.pick(round_robin, avoid.map(|p| ep(p).addr)) {
+                            Ok(p) => {
+                                let port = p.state.endpoint.addr.port();
+                                prop_assert!(current.contains(&port), "picked {port}, set {current:?}");
+                                // Without breakers, the endpoint to avoid is avoided whenever there is another.
+                                if current.len() > 1 {
+                                    prop_assert_ne!(Some(port), avoid);
+                                }
+                                open.push(p);
+                            }
+                            Err(e) => prop_assert!(current.is_empty() && matches!(e, ProxyError::NoEndpoints), "{e:?} with {current:?}"),
+                        },
+                        Op::Finish { ms, failed } => {
+                            if !open.is_empty() {
+                                let p = open.remove(0);
+                                let now = (Instant::now() - b.epoch).as_nanos() as u64;
+                                if failed {
+                                    p.state.observe(Duration::from_millis(ms).max(FAILURE_PENALTY), now);
+                                } else {
+                                    p.state.observe(Duration::from_millis(ms), now);
+                                }
+                            }
+                        }
+                    }
+                    // Outstanding = the open picks of each endpoint still in the set.
+                    for s in b.snapshot().iter() {
+                        let mine = open.iter().filter(|p| Arc::ptr_eq(&p.state, s)).count() as u32;
+                        prop_assert_eq!(s.outstanding.load(Ordering::Relaxed), mine);
+                        prop_assert!(s.cost(0).is_finite() && s.cost(0) >= 1.0);
+                    }
+                }
+                drop(open);
+                for s in b.snapshot().iter() {
+                    prop_assert_eq!(s.outstanding.load(Ordering::Relaxed), 0);
+                }
+            }
+
+            #[test]
+            fn p2c_never_picks_the_most_expensive_endpoint(rtts in vec(1u64..10_000, 2..6)) {
+                prop_assume!({
+                    let mut sorted = rtts.clone();
+                    sorted.sort_unstable();
+                    sorted.windows(2).all(|w| w[0] != w[1])
+                });
+                let b = Balancer::default();
+                let eps: Vec<Endpoint> = (1..=rtts.len() as u16).map(ep).collect();
+                b.update(&eps);
+                let now = (Instant::now() - b.epoch).as_nanos() as u64;
+                for (s, ms) in b.snapshot().iter().zip(&rtts) {
+                    s.stamp.store(now, Ordering::Relaxed);
+                    s.rtt.store((Duration::from_millis(*ms).as_nanos() as f64).to_bits(), Ordering::Relaxed);
+                }
+                let worst = rtts.iter().enumerate().max_by_key(|(_, r)| **r).map(|(i, _)| i as u16 + 1).unwrap();
+                for _ in 0..200 {
+                    let p = b.pick(false, None).unwrap();
+                    prop_assert_ne!(p.state.endpoint.addr.port(), worst);
+                }
+            }
+        }
+    }
 }
