@@ -387,3 +387,50 @@ async fn bad_configuration_is_reported_all_at_once() {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
 }
+
+/// The first bytes of a mesh connection (`proxy/src/transport/header.rs`): magic, body length 3,
+/// the target port on the peer's workload, the framing (3 = opaque).
+fn opaque_transport_header(port: u16) -> Vec<u8> {
+    let mut h = b"strait\0\x01\x00\x03".to_vec();
+    h.extend_from_slice(&port.to_be_bytes());
+    h.push(3);
+    h
+}
+
+/// Sends `head` on `io` and returns the response head the application's echo headers are in.
+async fn response_head(io: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before a response: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).to_lowercase()
+}
+
+/// Security: the identity header the application sees comes only from the proxy. A client without
+/// an identity that announces an opaque stream, pauses past the detection timeout, or starts its
+/// request with what a naive detector takes for non-HTTP (an empty line, a lower-case method)
+/// still has its request parsed, and its own `strait-client-id` removed.
+#[tokio::test]
+async fn a_client_cannot_forge_the_identity_header_through_the_opaque_path() {
+    let p = pair(&[]).await;
+    let forged = "strait-client-id: spiffe://cluster.local/ns/kube-system/sa/admin";
+    let cases: [(&str, &[u8], Duration); 4] = [
+        ("opaque stream", b"GET /who HTTP/1.1\r\n", Duration::ZERO),
+        ("opaque stream after a pause", b"GET /who HTTP/1.1\r\n", Duration::from_millis(1500)),
+        ("leading empty line", b"\r\nGET /who HTTP/1.1\r\n", Duration::from_millis(1200)),
+        ("lower-case method", b"get /who HTTP/1.1\r\n", Duration::ZERO),
+    ];
+    for (name, line, pause) in cases {
+        let mut io = tokio::net::TcpStream::connect(p.b.inbound).await.unwrap();
+        io.write_all(&opaque_transport_header(p.http_app.port())).await.unwrap();
+        tokio::time::sleep(pause).await;
+        let mut req = line.to_vec();
+        req.extend_from_slice(format!("Host: web\r\n{forged}\r\nConnection: close\r\n\r\n").as_bytes());
+        io.write_all(&req).await.unwrap();
+        let head = response_head(&mut io).await;
+        assert!(!head.contains("kube-system"), "{name}: the application saw the forged identity:\n{head}");
+    }
+}

@@ -314,9 +314,9 @@ fn server_speaks_first_on_an_opaque_port_through_interception() {
     };
     assert_eq!(detect(&ma, "outbound", "skipped"), 2.0, "{ma}");
     assert_eq!(detect(&ma, "outbound", "timeout"), 0.0, "{ma}");
-    // Through the service: a peer connection with an opaque transport header (no detection on b);
-    // through the pod IP: redirected, and b's opaque port skips detection.
-    assert_eq!(detect(&mb, "inbound", "skipped"), 1.0, "{mb}");
+    // Through the service: a peer connection with an opaque transport header; through the pod IP:
+    // redirected. Either way b's opaque port skips detection.
+    assert_eq!(detect(&mb, "inbound", "skipped"), 2.0, "{mb}");
     assert_eq!(detect(&mb, "inbound", "timeout"), 0.0, "{mb}");
     assert_eq!(value(&ma, "strait_passthrough_total", &[("protocol", "tcp")]), 1.0, "the pod IP is passed through");
     assert_eq!(opened(&mb, "inbound"), 2.0, "{mb}");
@@ -529,4 +529,45 @@ fn measure_transparent_vs_explicit_latency() {
     eprint!("{report}");
     let ma = m.a.metrics();
     assert_eq!(value(&ma, "strait_passthrough_total", &[]), 0.0);
+}
+
+/// Writes `request` on a connection opened from pod c (outside the mesh) to `dst`, after `pause`,
+/// and returns what came back (empty when the connection was closed unanswered).
+fn paused_request(from: &Pod, dst: SocketAddr, pause: Duration, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = from.ns.connect(dst, Duration::from_secs(5)).expect("connect from pod c");
+    std::thread::sleep(pause);
+    let _ = s.write_all(request.as_bytes());
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).to_lowercase()
+}
+
+/// Security: a plaintext client outside the mesh that pauses past the detection timeout before
+/// its request, or starts it with an empty line, must not reach the application with an identity
+/// header of its own (it used to be forwarded unparsed as opaque TCP). In strict mode the same
+/// client is refused.
+#[test]
+fn a_paused_plaintext_client_cannot_forge_the_identity_header() {
+    if !enabled("a_paused_plaintext_client_cannot_forge_the_identity_header") {
+        return;
+    }
+    let forged = "strait-client-id: spiffe://cluster.local/ns/kube-system/sa/admin";
+    for strict in [false, true] {
+        let env: Vec<(&str, &str)> = if strict { vec![("STRAIT_INBOUND_MODE", "strict")] } else { vec![] };
+        let m = mesh("forge", &[], &[], &[], &env);
+        let dst = SocketAddr::from((m.b.ip4, 8080));
+        for (name, pause, lead) in [("pause", Duration::from_millis(1500), ""), ("empty line", Duration::ZERO, "\r\n")] {
+            let req = format!("{lead}GET /who HTTP/1.1\r\nHost: web\r\n{forged}\r\nConnection: close\r\n\r\n");
+            let got = paused_request(&m.c, dst, pause, &req);
+            assert!(!got.contains("kube-system"), "{name} (strict: {strict}): the application saw the forged identity:\n{got}");
+            if strict {
+                assert!(got.is_empty(), "{name}: strict mode answered plaintext:\n{got}");
+            } else {
+                assert!(got.starts_with("http/1.1 200"), "{name}: the request was not served:\n{got}");
+                assert!(got.contains("x-seen-client-id: \r\n"), "{name}: {got}");
+            }
+        }
+        drop(m);
+    }
 }

@@ -11,7 +11,10 @@ use std::{
 
 use http::{StatusCode, Version, header};
 use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+};
 
 use strait_proto::discovery::v1 as pb;
 use tokio::sync::watch;
@@ -30,7 +33,7 @@ use crate::{
     },
     metrics::Metrics,
     transport::{
-        BoxedIo, Counted, Io,
+        BoxedIo, Counted, Io, Prefixed,
         header::{Header, Protocol},
         orig_dst::orig_dst,
         tcp,
@@ -38,6 +41,11 @@ use crate::{
 };
 
 const DIRECTION: &str = "inbound";
+
+/// How long a connection with no detected protocol may stay silent on both sides before it is
+/// closed: no protocol waits this long before its first byte, and an open connection to the
+/// workload should not be held for nothing.
+const UNDETECTED_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Inside every mesh TLS server name (`<sa>.<ns>.serviceaccount.identity.strait.<td>`).
 const MESH_SERVER_NAME_INFIX: &str = ".serviceaccount.identity.strait.";
@@ -189,21 +197,118 @@ impl Inbound {
         if self.is_own_listener(local) {
             return;
         }
-        let h = Handler { ib: self.clone(), local, peer_id };
         match header.protocol {
-            Protocol::Http2 => server::serve_h2(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
-            Protocol::Http1 => server::serve_h1(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
-            Protocol::Opaque => self.opaque(io, local).await,
+            Protocol::Http2 => self.http(io, local, peer_id, Detected::Http2, watch).await,
+            Protocol::Http1 => self.http(io, local, peer_id, Detected::Http1, watch).await,
+            // Opaque from the peer's point of view (an opaque service port, a CONNECT tunnel, or
+            // what the peer could not detect). Unless this workload declares the port opaque, the
+            // first bytes still decide here, so an HTTP request inside gets its identity headers
+            // from this proxy, never from the client; the workload is connected at once, so a
+            // server-speaks-first protocol is not held up.
+            Protocol::Opaque if self.is_opaque(local.port()) => {
+                self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
+                self.opaque(io, local).await
+            }
+            Protocol::Opaque => self.undetected(Prefixed::new(bytes::Bytes::new(), io), local, peer_id, watch).await,
+        }
+    }
+
+    /// Serves HTTP to the workload at `local`: every request's identity headers come from this proxy.
+    async fn http<I: Io>(
+        self: &Arc<Self>,
+        io: I,
+        local: SocketAddr,
+        peer_id: Option<Arc<str>>,
+        version: Detected,
+        watch: &drain::Watch,
+    ) {
+        let h = Handler { ib: self.clone(), local, peer_id };
+        let svc = hyper::service::service_fn(move |r| h.clone().handle(r));
+        if version == Detected::Http2 {
+            server::serve_h2(io, svc, watch).await
+        } else {
+            server::serve_h1(io, svc, watch).await
+        }
+    }
+
+    /// A byte stream for the workload at `local`: forwarded as is on a port the workload declares
+    /// opaque, otherwise detected and served as HTTP when it is HTTP.
+    async fn stream<I: Io>(self: &Arc<Self>, io: I, local: SocketAddr, peer_id: Option<Arc<str>>, watch: &drain::Watch) {
+        if self.is_opaque(local.port()) {
+            self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
+            return self.opaque(io, local).await;
+        }
+        let (detected, io) = match detect::detect(io, self.cfg.detect_timeout).await {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        self.metrics.detect.with_label_values(&[DIRECTION, detected.as_str()]).inc();
+        match detected {
+            Detected::Http1 | Detected::Http2 => self.http(io, local, peer_id, detected, watch).await,
+            Detected::Closed => {}
+            Detected::Tls | Detected::Opaque => self.opaque(io, local).await,
+            Detected::Timeout => self.undetected(io, local, peer_id, watch).await,
+        }
+    }
+
+    /// No verdict yet (detection timed out, or a peer announced an opaque stream): a
+    /// server-speaks-first protocol on a port not declared opaque, or a client that is slow — or
+    /// pausing on purpose, hoping its request goes through unparsed. The workload is connected
+    /// and whoever speaks first decides: the
+    /// workload (a banner: forwarded as TCP), or the client, whose bytes are classified as they
+    /// arrive (HTTP is served as HTTP, with this proxy's identity headers only). A connection on
+    /// which neither speaks for [`UNDETECTED_IDLE_LIMIT`] is closed.
+    async fn undetected<I: Io>(
+        self: &Arc<Self>,
+        io: Prefixed<I>,
+        local: SocketAddr,
+        peer_id: Option<Arc<str>>,
+        watch: &drain::Watch,
+    ) {
+        let (prefix, mut io) = io.into_parts();
+        let mut app = match self.clients.connect(local).await {
+            Ok(app) => app,
+            Err(e) => return tracing::debug!(error = %e, %local, "inbound TCP connect failed"),
+        };
+        let mut buf = bytes::BytesMut::from(prefix);
+        let idle = tokio::time::sleep(UNDETECTED_IDLE_LIMIT);
+        tokio::pin!(idle);
+        let mut one = [0u8; 1];
+        let detected = loop {
+            tokio::select! {
+                // The workload spoke (or closed) first.
+                _ = app.peek(&mut one) => break Detected::Opaque,
+                // Cancel safe: when the other branch wins, nothing was read.
+                r = io.read_buf(&mut buf) => match r {
+                    Err(_) => return,
+                    Ok(0) => break Detected::Opaque,
+                    Ok(_) => if let Some(d) = detect::verdict(&buf) { break d },
+                },
+                _ = &mut idle => {
+                    self.metrics.inbound_refused.with_label_values(&["undetected"]).inc();
+                    return tracing::debug!(%local, "no protocol detected and nothing sent; closing");
+                }
+            }
+        };
+        let io = Prefixed::new(buf.freeze(), io);
+        match detected {
+            Detected::Http1 | Detected::Http2 => {
+                drop(app);
+                self.http(io, local, peer_id, detected, watch).await
+            }
+            _ => {
+                let mut io = io;
+                if let Err(e) = tcp::forward(&mut io, &mut app).await {
+                    tracing::debug!(error = %e, "inbound TCP forwarding ended");
+                }
+            }
         }
     }
 
     /// Traffic iptables redirected here from a client outside the mesh: to the address it was sent to
     /// (the pod's own; the proxy's UID is not redirected again), or the same port on
     /// `STRAIT_INBOUND_LOCAL_IP` when set.
-    async fn redirected<I>(self: &Arc<Self>, io: I, dst: SocketAddr, watch: &drain::Watch)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
+    async fn redirected<I: Io>(self: &Arc<Self>, io: I, dst: SocketAddr, watch: &drain::Watch) {
         let local = SocketAddr::new(self.cfg.inbound_local_ip.unwrap_or(unmapped(dst.ip())), dst.port());
         if self.is_own_listener(local) {
             return;
@@ -213,22 +318,7 @@ impl Inbound {
             tracing::debug!(%dst, "plaintext to a meshed port refused in strict mode");
             return;
         }
-        if self.is_opaque(dst.port()) {
-            self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
-            return self.opaque(io, local).await;
-        }
-        let (detected, io) = match detect::detect(io, self.cfg.detect_timeout).await {
-            Ok(d) => d,
-            Err(_) => return,
-        };
-        self.metrics.detect.with_label_values(&[DIRECTION, detected.as_str()]).inc();
-        let h = Handler { ib: self.clone(), local, peer_id: None };
-        match detected {
-            Detected::Http1 => server::serve_h1(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
-            Detected::Http2 => server::serve_h2(io, hyper::service::service_fn(move |r| h.clone().handle(r)), watch).await,
-            Detected::Closed => {}
-            Detected::Tls | Detected::Opaque | Detected::Timeout => self.opaque(io, local).await,
-        }
+        self.stream(io, local, None, watch).await
     }
 
     /// A target that is one of this proxy's own listeners (a client outside the pod sent traffic to

@@ -25,6 +25,11 @@ impl<T> Prefixed<T> {
     pub fn get_ref(&self) -> &T {
         &self.io
     }
+
+    /// The bytes not replayed yet, and the stream.
+    pub fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.io)
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for Prefixed<T> {
