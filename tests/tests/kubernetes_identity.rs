@@ -137,7 +137,7 @@ fn pod(name: &str, sa: &str, ip: Option<Ipv4Addr>, app_port: Option<u16>, annota
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "demo", "uid": format!("uid-{name}"), "annotations": a},
-        "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "ports": ports}]},
+        "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "ports": ports}, {"name": "strait-proxy"}]},
         "status": {"phase": "Running", "podIP": ip.map(|ip| ip.to_string())},
     })
 }

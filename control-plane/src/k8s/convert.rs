@@ -13,8 +13,10 @@
 //! - The endpoint's port is the slice's port (the EndpointSlice controller writes the resolved target
 //!   port there). A slice port without a number (hand-written slices may omit it) falls back to the
 //!   Service's target port, a named one resolved from the container ports of the endpoint's Pod.
-//! - An endpoint is meshed when its Pod has the sidecar: the annotation `strait.io/inject: enabled`,
-//!   or a container (or native sidecar init container) named `strait-proxy`. Its proxy is then
+//! - An endpoint is meshed when its Pod runs the sidecar: a container (or native sidecar init
+//!   container, `restartPolicy: Always`) named `strait-proxy`. The opt-in annotation
+//!   `strait.io/inject: enabled` alone does not mesh a pod: it only asks the injector to add the
+//!   proxy, and a pod created before the webhook ran (or one it skipped) has none. Its proxy is then
 //!   `<endpoint IP>:7143` and its identity `spiffe://<trust domain>/ns/<ns>/sa/<serviceAccountName>`.
 //! - Policy stays in the Service's annotations; the index reads them (and reports bad values).
 //! - A meshed Pod is a workload: its inbound policy comes from its annotations
@@ -126,10 +128,10 @@ pub fn mesh(
     Mesh { trust_domain: settings.trust_domain.clone(), services: out, workloads }
 }
 
-/// Whether the pod runs the Strait sidecar.
+/// Whether the pod runs the Strait sidecar: only the proxy container itself counts, never the
+/// opt-in annotation (a request to the injector, not a sign it ran).
 pub fn has_sidecar(pod: &Pod) -> bool {
-    let annotated = pod.annotation(INJECT_ANNOTATION) == Some("enabled");
-    annotated || containers(pod).any(|c| c.name == PROXY_CONTAINER)
+    containers(pod).any(|c| c.name == PROXY_CONTAINER)
 }
 
 /// The pod's long-running containers: its containers and its native sidecars (init containers
@@ -538,7 +540,7 @@ apiVersion: v1
 metadata: {name: p, namespace: n, annotations: {strait.io/inject: enabled}}
 spec:
   serviceAccountName: ""
-  containers: [{name: app, ports: [{name: web, containerPort: 8000}]}]
+  containers: [{name: app, ports: [{name: web, containerPort: 8000}]}, {name: strait-proxy}]
 "#;
 
     fn slice(endpoints: &str, port: &str) -> String {
@@ -615,6 +617,7 @@ metadata: {{name: db-0, namespace: data, annotations: {{strait.io/inject: enable
 spec:
   containers:
     - {{name: mysql, ports: [{{name: mysql, containerPort: 3306}}, {{name: dns, containerPort: 53, protocol: UDP}}]}}
+    - {{name: strait-proxy}}
 "#
         ))
         .unwrap()
@@ -662,7 +665,7 @@ spec:
         let bad = "config.strait.io/inbound-mode: nope";
         assert_eq!(inbound_errors(&annotated_pod(bad)).len(), 1);
         let mut plain = annotated_pod(bad);
-        plain.metadata.annotations.as_mut().unwrap().remove(INJECT_ANNOTATION);
+        plain.spec.as_mut().unwrap().containers.retain(|c| c.name != PROXY_CONTAINER);
         assert!(inbound_errors(&plain).is_empty());
         let mut done = annotated_pod(bad);
         done.status = Some(super::super::slim::PodStatus { phase: Some("Succeeded".into()) });
@@ -670,10 +673,14 @@ spec:
     }
 
     #[test]
-    fn the_sidecar_is_seen_as_container_native_sidecar_or_annotation() {
+    fn the_sidecar_is_seen_as_container_or_native_sidecar_never_by_the_opt_in_annotation() {
         let pod = |yaml: &str| -> Pod { serde_yaml::from_str(yaml).unwrap() };
-        assert!(has_sidecar(&pod("metadata: {annotations: {strait.io/inject: enabled}}")));
+        // Asking for injection is not having a proxy: the webhook may not have run.
+        assert!(!has_sidecar(&pod("metadata: {annotations: {strait.io/inject: enabled}}")));
+        assert!(!has_sidecar(&pod("metadata: {annotations: {strait.io/inject: enabled}}\nspec: {containers: [{name: app}]}")));
         assert!(!has_sidecar(&pod("metadata: {annotations: {strait.io/inject: disabled}}")));
+        // A plain init container of that name has finished before the app starts: not a sidecar.
+        assert!(!has_sidecar(&pod("metadata: {}\nspec: {containers: [{name: app}], initContainers: [{name: strait-proxy}]}")));
         assert!(has_sidecar(&pod("metadata: {}\nspec: {containers: [{name: app}, {name: strait-proxy}]}")));
         assert!(has_sidecar(&pod(
             "metadata: {}\nspec: {containers: [{name: app}], initContainers: [{name: strait-proxy, restartPolicy: Always}]}"

@@ -222,7 +222,7 @@ mod tests {
 
     fn pod(name: &str, version: &str, mode: &str) -> Arc<Pod> {
         let yaml = format!(
-            "metadata: {{name: {name}, namespace: demo, resourceVersion: '{version}', annotations: {{strait.io/inject: enabled, config.strait.io/inbound-mode: '{mode}'}}}}"
+            "metadata: {{name: {name}, namespace: demo, resourceVersion: '{version}', annotations: {{strait.io/inject: enabled, config.strait.io/inbound-mode: '{mode}'}}}}\nspec: {{containers: [{{name: strait-proxy}}]}}"
         );
         Arc::new(serde_yaml::from_str(&yaml).unwrap())
     }

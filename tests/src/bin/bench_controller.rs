@@ -1444,7 +1444,7 @@ impl Outcome<'_> {
                     r,
                     "- mesh: {services} services x {ENDPOINTS_PER_SERVICE} endpoints = {endpoints} endpoints ({})",
                     if args.mesh.meshed {
-                        "meshed: every Pod has `strait.io/inject: enabled`, identity from its service account `svc-<i>`"
+                        "meshed: every Pod has a `strait-proxy` container, identity from its service account `svc-<i>`"
                     } else {
                         "Pods without the sidecar: plain endpoints, no workloads"
                     }

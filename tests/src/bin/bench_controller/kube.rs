@@ -5,8 +5,8 @@
 //! Per service `svc-<i>` in `ns-<i % 100>`: a Service (the mesh file's cluster IP, one TCP port 8080
 //! named `http`), one EndpointSlice (10 ready IPv4 endpoints, each with a `targetRef` to its Pod; its
 //! one port is named `http` and carries the generation-encoding number) and 10 Pods (annotation
-//! `strait.io/inject: enabled`, service account `svc-<i>`, one container with port 8080, `podIP`,
-//! phase `Running`). A change of service `i` to generation `g` sets its slice's port to
+//! `strait.io/inject: enabled` and a `strait-proxy` container, as the injector leaves them, service
+//! account `svc-<i>`, an app container with port 8080, `podIP`, phase `Running`). A change of service `i` to generation `g` sets its slice's port to
 //! `10000 + g`: every endpoint of the service moves at once (a slice has one port set), and the
 //! highest endpoint port of a snapshot again names the generation it holds.
 
@@ -150,8 +150,14 @@ pub fn pod(i: usize, j: usize, meshed: bool) -> Value {
             "uid": uid(4, i), "controller": true, "blockOwnerDeletion": true,
         }],
     });
+    let mut containers = vec![json!({
+        "name": "app",
+        "image": "registry.bench.local/app:1.0.0",
+        "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
+    })];
     if meshed {
         metadata["annotations"] = json!({"strait.io/inject": "enabled"});
+        containers.push(json!({"name": "strait-proxy", "image": "strait-proxy:0.1.0"}));
     }
     json!({
         "apiVersion": "v1",
@@ -160,11 +166,7 @@ pub fn pod(i: usize, j: usize, meshed: bool) -> Value {
         "spec": {
             "serviceAccountName": name,
             "nodeName": node_name,
-            "containers": [{
-                "name": "app",
-                "image": "registry.bench.local/app:1.0.0",
-                "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
-            }],
+"containers": containers,
         },
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": host_ip},
     })
