@@ -14,7 +14,8 @@
 #   caller's own open-files limit and a process limit a proxy or controller never reaches.
 #
 #   podman_env_init            creates the directory, writes the files, exports the variables
-#   podman_env_cleanup         removes every container and image in it, then the directory
+#   podman_env_cleanup         removes every container and image in it, then the directory (and
+#                              ends rootless podman's pause process)
 #   PODMAN_ENV_DIR             the directory
 
 # A proxy or controller runs a few threads; the limit only has to be below what the caller may set.
@@ -43,13 +44,23 @@ EOF
 [storage]
 driver = "vfs"
 graphroot = "$PODMAN_ENV_DIR/graph"
+# Rootless podman reads this one instead of graphroot.
+rootless_storage_path = "$PODMAN_ENV_DIR/graph"
 runroot = "$PODMAN_ENV_DIR/run"
 EOF
   export CONTAINERS_CONF="$PODMAN_ENV_DIR/containers.conf"
   export CONTAINERS_STORAGE_CONF="$PODMAN_ENV_DIR/storage.conf"
-  # Rootless podman would read ~/.config/containers otherwise; the variables above win either way.
+  # No registry is ever asked: an empty registries.conf, whatever the machine's says.
   export CONTAINERS_REGISTRIES_CONF="$PODMAN_ENV_DIR/registries.conf"
   : >"$CONTAINERS_REGISTRIES_CONF"
+  # Rootless podman keeps its runtime files in XDG_RUNTIME_DIR (else /tmp/podman-run-UID) and its
+  # blob cache in XDG_DATA_HOME: here too. (As root, that cache is /var/lib/containers/cache, which
+  # no variable moves; it only records where blobs were seen.)
+  if [ "$(id -u)" != 0 ]; then
+    mkdir -m 0700 "$PODMAN_ENV_DIR/xdg" "$PODMAN_ENV_DIR/data"
+    [ -n "${XDG_RUNTIME_DIR:-}" ] || export XDG_RUNTIME_DIR="$PODMAN_ENV_DIR/xdg"
+    export XDG_DATA_HOME="$PODMAN_ENV_DIR/data"
+  fi
 }
 
 podman_env_cleanup() {
@@ -59,5 +70,9 @@ podman_env_cleanup() {
   # vfs makes no mounts, but a container's /dev/shm is one: make sure none is left before removing.
   local m
   for m in $(findmnt -rn -o TARGET 2>/dev/null | grep -F "$PODMAN_ENV_DIR" | sort -r); do umount "$m" 2>/dev/null || true; done
+  # Rootless podman leaves a pause process holding its user namespace; its pid is in tmp_dir.
+  local pause
+  pause=$(cat "$PODMAN_ENV_DIR/tmp/pause.pid" 2>/dev/null || true)
+  [ -n "$pause" ] && kill "$pause" 2>/dev/null
   rm -rf "$PODMAN_ENV_DIR"
 }

@@ -65,7 +65,7 @@ files_of() {
   podman export -o "$list.tar" "$id"; tar -tf "$list.tar" >"$list"; cat "$list"
   rm -f "$list" "$list.tar"; podman rm "$id" >/dev/null
 }
-revision=$(git rev-parse HEAD)
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 for spec in "$proxy 7102:7102 strait-proxy" "$controller 65532:65532 strait-controller"; do
   read -r image user bin <<<"$spec"
   got=$(inspect "$image" '{{json .Config.Entrypoint}} {{.Config.User}}')
