@@ -3,11 +3,12 @@
 # ${CARGO_TARGET_DIR:-target}/images/ (strait-proxy.oci.tar, strait-controller.oci.tar; image names
 # strait-proxy:<version>, strait-controller:<version>, in full docker.io/library/strait-proxy:<version>).
 #
-#   scripts/images.sh [--profile release|debug] [--no-build]
+#   scripts/images.sh [--profile release|debug] [--no-build] [--out DIR]
 #
 # release (default): `cargo build --release` of the two binaries first (fat LTO: slow).
 # debug: the binaries already in target/debug (`make build` or `make test` built them; built with
 #   `cargo build --workspace --bins` only when missing). --no-build: never run cargo.
+# --out DIR: write the archives there instead.
 #
 # No registry is needed: each image is FROM scratch plus a root file system staged here from this
 # machine's files — the binary, exactly the shared objects `ldd` says it loads (glibc's libc, libm,
@@ -22,12 +23,14 @@ cd "$(dirname "$0")/.."
 
 profile=${PROFILE:-release}
 build=1
+out=
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) profile=${2:?--profile needs release or debug}; shift 2 ;;
     --profile=*) profile=${1#*=}; shift ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --out) out=${2:?--out needs a directory}; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "images: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,7 +38,7 @@ case $profile in release|debug) ;; *) echo "images: --profile is release or debu
 
 target=${CARGO_TARGET_DIR:-target}
 bindir=$target/$profile
-out=$target/images
+out=${out:-$target/images}
 say() { echo "[images] $*" >&2; }
 
 # The proxy image carries the iptables tools of `strait-proxy init`; they come from Debian's iptables.
@@ -111,7 +114,7 @@ base_files() {
 iptables_files() {
   local root=$1 xt m fam tool
   xt=$(dpkg -L iptables 2>/dev/null | grep -m1 '/xtables$' || true)
-  [ -n "$xt" ] && [ -d "$xt" ] || { say "iptables extensions not found (dpkg -L iptables)"; exit 1; }
+  if [ -z "$xt" ] || [ ! -d "$xt" ]; then say "iptables extensions not found (dpkg -L iptables)"; exit 1; fi
   copy_elf "$root" /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi "$xt"/*.so
   for m in nft legacy; do
     for fam in iptables ip6tables; do

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/images.sh and scripts/tiers/40-images.sh: podman with a configuration and a
 # storage of its own in a fresh temporary directory (CONTAINERS_CONF, CONTAINERS_STORAGE_CONF), so
 # the host's containers.conf, storage.conf and images are never read or changed, and nothing is left

@@ -26,9 +26,11 @@ case $rc in
   *) exit "$rc" ;;
 esac
 
-# 1. Build (a build failure is a failure, root or not; outside CI without root it is a skip).
-log=$(mktemp); trap 'rm -f "$log"' EXIT
-if ! ./scripts/images.sh --profile debug --no-build >"$log" 2>&1; then
+# 1. Build (a build failure is a failure, root or not; outside CI without root it is a skip), into a
+# directory of our own: the archives `make images` left in target/images stay as they are.
+log=$(mktemp); archives=$(mktemp -d)
+trap 'rm -rf "$log" "$archives"' EXIT
+if ! ./scripts/images.sh --profile debug --no-build --out "$archives" >"$log" 2>&1; then
   cat "$log" >&2
   if [ "$root" = 0 ] && [ "${CI:-}" != true ]; then
     echo "SKIPPED: building the images failed without root (rootless podman needs user namespaces; see above)"
@@ -48,12 +50,12 @@ podman_env_init
 netns=strait-images-$$
 cleanup() {
   podman_env_cleanup
-  [ "$root" = 1 ] && ip netns del "$netns" 2>/dev/null
-  rm -f "$log"
+  if [ "$root" = 1 ]; then ip netns del "$netns" 2>/dev/null || true; fi
+  rm -rf "$log" "$archives"
 }
 trap cleanup EXIT
 for b in strait-proxy strait-controller; do
-  podman load --quiet -i "$target/images/$b.oci.tar" >/dev/null || fail "podman load $b.oci.tar"
+  podman load --quiet -i "$archives/$b.oci.tar" >/dev/null || fail "podman load $b.oci.tar"
 done
 
 # 3. Inspect: entrypoint, user, labels; the file system holds no shell.
@@ -83,7 +85,7 @@ for spec in "$proxy 7102:7102 strait-proxy" "$controller 65532:65532 strait-cont
     done
   fi
 done
-size() { du -h "$target/images/$1.oci.tar" | cut -f1; }
+size() { du -h "$archives/$1.oci.tar" | cut -f1; }
 built="strait-proxy:$version ($(size strait-proxy)) and strait-controller:$version ($(size strait-controller)) built from the debug binaries, loaded, inspected (entrypoint, user, labels, no shell)"
 
 if [ "$root" = 0 ]; then
