@@ -18,7 +18,7 @@ STOP_TIMEOUT_SECS=10
 
 root=0; [ "$(id -u)" = 0 ] && root=1
 tools=(podman=podman)
-[ "$root" = 1 ] && tools+=(runc=runc ip=iproute2 curl=curl nsenter=util-linux)
+[ "$root" = 1 ] && tools+=(runc=runc ip=iproute2 curl=curl ps=procps)
 rc=0; ./scripts/ensure-tools.sh "$tier" "${tools[@]}" || rc=$?
 case $rc in
   0) ;;
