@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test demo fuzz bench bench-smoke bench-tls bench-policy bench-controller bench-controller-k8s check-deps release clean help
+.PHONY: all build test demo fuzz bench bench-smoke bench-tls bench-policy bench-controller bench-controller-k8s check-deps release images clean help
 
 all: build
 
@@ -59,6 +59,10 @@ check-deps:
 ## release        optimized binaries (target/release)
 release:
 	$(CARGO) build --release --workspace --bins
+
+## images         strait-proxy and strait-controller images as OCI archives in target/images (release binaries; PROFILE=debug packs target/debug's)
+images:
+	./scripts/images.sh --profile $(or $(PROFILE),release)
 
 clean:
 	$(CARGO) clean

@@ -1,17 +1,30 @@
 //! The `strait-proxy` binary: reads the environment, starts the runtime, runs the proxy.
-//! `strait-proxy init [options]` instead writes the pod's iptables rules and exits (see `init`).
+//! `strait-proxy init [options]` instead writes the pod's iptables rules and exits (see `init`);
+//! `strait-proxy --version` prints the version. The few words are matched by hand, like `init`'s
+//! options: the sidecar's configuration is its environment, and clap would be a dependency for
+//! one flag.
 
 use strait_proxy::config::Config;
+
+const USAGE: &str = "usage: strait-proxy            (the proxy; configured by STRAIT_* variables)
+       strait-proxy init [--help]  (the pod's iptables rules)
+       strait-proxy --version";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => {}
         Some("init") => std::process::exit(strait_proxy::init::main(&args[1..])),
+        Some("--version" | "-V") => {
+            println!("strait-proxy {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            return;
+        }
         Some(other) => {
-            eprintln!(
-                "strait-proxy: unknown command {other:?}\nusage: strait-proxy            (the proxy; configured by STRAIT_* variables)\n       strait-proxy init [--help]  (the pod's iptables rules)"
-            );
+            eprintln!("strait-proxy: unknown command {other:?}\n{USAGE}");
             std::process::exit(2);
         }
     }
@@ -43,8 +56,8 @@ fn main() {
 }
 
 fn init_tracing(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cfg.log_json {
         b.json().init();
