@@ -62,6 +62,9 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+        // per-proxy dashboard's CPU and memory panels.
+        must(registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())));
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = must(IntCounterVec::new(Opts::new(name, help), labels));
             must(registry.register(Box::new(c.clone())));
