@@ -16,7 +16,7 @@ struct Cli {
 enum Cmd {
     /// A whole mesh on this machine: controller, services with sidecars, traffic with faults, live metrics.
     Demo(demo::Args),
-    /// Per-service success rate, request rate and latency percentiles from a proxy's metrics.
+    /// Per-service success rate, request rate, latency percentiles and retries, from proxies or Prometheus.
     Stat(stat::Args),
     /// Print the version.
     Version,

@@ -129,6 +129,8 @@ impl Metrics {
         m.registry.register(Box::new(m.certificates.clone()))?;
         m.registry.register(Box::new(m.issuer_reloads.clone()))?;
         m.registry.register(Box::new(m.issuer_expiry.clone()))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, ...: the control-plane dashboard.
+        m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         for kind in ["services", "endpoints", "workloads"] {
             m.watched_objects.with_label_values(&[kind]).set(0);
         }

@@ -195,7 +195,7 @@ services:
     load::spawn(workloads[0].outbound, vec!["http://orders.demo:8080/order", "http://payments.demo:8080/pay"], a.rps);
 
     let start = tokio::time::Instant::now();
-    let mut before = crate::stat::Snapshot::parse(&crate::stat::scrape(workloads[0].admin).await.unwrap_or_default());
+    let mut before = client_snapshot(workloads[0].admin).await;
     let mut tick = tokio::time::interval(Duration::from_secs(a.interval.max(1)));
     tick.tick().await;
     loop {
@@ -214,7 +214,7 @@ services:
         if payments.faults.latency_ms.swap(slow, Ordering::Relaxed) != slow {
             println!("-- t={t}s fault: payments latency now ~{slow} ms");
         }
-        let now = crate::stat::Snapshot::parse(&crate::stat::scrape(workloads[0].admin).await.unwrap_or_default());
+        let now = client_snapshot(workloads[0].admin).await;
         println!("t={t}s  golden metrics of 'web' (outbound, last {}s)", a.interval);
         print!("{}", crate::stat::render(&now.delta(&before), "outbound", a.interval as f64));
         before = now;
@@ -225,6 +225,14 @@ services:
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The client proxy's counters now; empty if a scrape fails (the next one will do).
+async fn client_snapshot(admin: SocketAddr) -> crate::stat::Snapshot {
+    match crate::stat::scrape(admin).await {
+        Ok(text) => crate::stat::Snapshot::parse(&text).unwrap_or_default(),
+        Err(_) => crate::stat::Snapshot::default(),
+    }
 }
 
 async fn wait_ready(admin: SocketAddr) -> Result<(), String> {
