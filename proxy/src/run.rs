@@ -64,6 +64,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         DiscoverySource::File(path) => {
             discovery.replace(static_file::load(path, &cfg.namespace)?);
             metrics.discovery_connected.set(1);
+            metrics.discovery_current();
             tokio::spawn(watch_file(path.clone(), cfg.namespace.clone(), discovery.clone(), metrics.clone()));
         }
         DiscoverySource::Controller(addr) => {
@@ -76,7 +77,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             discovery = d;
             tokio::spawn(task);
         }
-        DiscoverySource::None => {}
+        DiscoverySource::None => metrics.discovery_current(),
     }
 
     let tls = match (&cfg.identity_addr, &cfg.trust_anchors) {
