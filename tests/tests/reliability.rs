@@ -77,6 +77,8 @@ struct Rig {
     generation: usize,
     /// Servers in the mesh file's workloads.
     n: usize,
+    /// The service's annotations (policy), as a user sets them.
+    annotations: &'static [(&'static str, &'static str)],
 }
 
 fn workloads(n: usize) -> String {
@@ -87,9 +89,16 @@ fn workloads(n: usize) -> String {
     y
 }
 
-fn mesh_yaml(n: usize, endpoints: &[Ep]) -> String {
+fn mesh_yaml(n: usize, annotations: &[(&str, &str)], endpoints: &[Ep]) -> String {
     let mut y = workloads(n);
-    y += "services:\n  - name: web\n    namespace: demo\n    ports: [{port: 8080, protocol: http}]\n    endpoints:";
+    y += "services:\n  - name: web\n    namespace: demo\n    ports: [{port: 8080, protocol: http}]\n";
+    if !annotations.is_empty() {
+        y += "    annotations:\n";
+        for (k, v) in annotations {
+            y += &format!("      {k}: \"{v}\"\n");
+        }
+    }
+    y += "    endpoints:";
     if endpoints.is_empty() {
         y += " []\n";
     } else {
@@ -104,14 +113,20 @@ fn mesh_yaml(n: usize, endpoints: &[Ep]) -> String {
 impl Rig {
     /// The controller, `n` servers (`inbound(k)` gives server k extra proxy environment) and the
     /// client proxy, every endpoint in the mesh and served.
-    async fn start(label: &str, n: usize, inbound: impl Fn(usize) -> Vec<(String, String)>) -> Rig {
+    async fn start(
+        label: &str,
+        n: usize,
+        annotations: &'static [(&'static str, &'static str)],
+        inbound: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Rig {
         let dir = TestDir::new(label);
-        let ctl = controller(dir.path(), &mesh_yaml(n, &[]), &[]).await;
+        let ctl = controller(dir.path(), &mesh_yaml(n, annotations, &[]), &[]).await;
         for name in std::iter::once("client".to_string()).chain((0..n).map(|k| format!("server-{k}"))) {
             dir.write(format!("token-{name}"), format!("token-{name}"));
         }
         let client = proxy_named("client", &refs(&proxy_env(&ctl, &dir, "client", &[]))).await;
-        let mut rig = Rig { dir, ctl, client, servers: Vec::new(), recorded: Vec::new(), generation: 0, n };
+        let mut rig =
+            Rig { dir, ctl, client, servers: Vec::new(), recorded: Vec::new(), generation: 0, n, annotations };
         for k in 0..n {
             let s = rig.start_server(k, &inbound(k)).await;
             rig.servers.push(s);
@@ -143,7 +158,7 @@ impl Rig {
     /// Writes the mesh file in one step (a new file renamed over the old), as a ConfigMap update does.
     fn publish(&self, endpoints: &[Ep]) {
         let tmp = self.dir.join("mesh.yaml.new");
-        std::fs::write(&tmp, mesh_yaml(self.n, endpoints)).unwrap();
+        std::fs::write(&tmp, mesh_yaml(self.n, self.annotations, endpoints)).unwrap();
         std::fs::rename(&tmp, &self.ctl.mesh_file).unwrap();
     }
 
@@ -213,6 +228,14 @@ fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// A line of a run's report, printed in one piece at its end (the runs go on in parallel).
+macro_rules! say {
+    ($out:ident, $($arg:tt)*) => {{
+        $out.push_str(&format!($($arg)*));
+        $out.push('\n');
+    }};
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -230,7 +253,8 @@ fn failures(samples: &[Sample], kind: Option<Kind>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load_fails_and_duplicates_nothing() {
     let rps = env_or("STRAIT_RELIABILITY_RPS", DEFAULT_RPS);
-    let mut rig = Rig::start("rolling", 3, |_| Vec::new()).await;
+    // The default policy: peak-EWMA balancing, no retries. The drain alone must make a restart clean.
+    let mut rig = Rig::start("rolling", 3, &[], |_| Vec::new()).await;
     let rss_before = rig.client.process.rss_bytes();
     let load = rig.load(rps);
     tokio::time::sleep(SETTLE).await;
@@ -250,20 +274,26 @@ async fn rolling_restart_under_load_fails_and_duplicates_nothing() {
     let during = Summary::of(samples.iter().filter(|s| windows.iter().any(|(a, b)| s.at >= *a && s.at < *b)));
     let before = Summary::of(samples.iter().filter(|s| s.at < windows[0].0));
     let posts = samples.iter().filter(|s| s.kind == Kind::Post).count();
-    println!("reliability: rolling restart of 3 endpoints at {rps} req/s ({POST_PERCENT}% POST):");
-    println!("  all:             {all}");
-    println!("  before:          {before}");
-    println!("  during restarts: {during}");
-    println!(
+    let mut out = String::new();
+    say!(out, "reliability: rolling restart of 3 endpoints at {rps} req/s ({POST_PERCENT}% POST):");
+    say!(out, "  all:             {all}");
+    say!(out, "  before:          {before}");
+    say!(out, "  during restarts: {during}");
+    say!(
+        out,
         "  POSTs: {posts} sent, {} recorded by the servers, {} duplicated, {} answered but not recorded",
-        recorded.entries, recorded.duplicates, recorded.lost
+        recorded.entries,
+        recorded.duplicates,
+        recorded.lost
     );
-    println!(
+    say!(
+        out,
         "  old proxies exited {:?} after SIGTERM (accept period {ACCEPT_PERIOD}); restarts took {:?}",
         drains,
         windows.iter().map(|(a, b)| *b - *a).collect::<Vec<_>>()
     );
-    println!("  client proxy RSS: {:.1} MiB before, {:.1} MiB after", mib(rss_before), mib(rss_after));
+    say!(out, "  client proxy RSS: {:.1} MiB before, {:.1} MiB after", mib(rss_before), mib(rss_after));
+    print!("{out}");
     assert_eq!(all.failures, 0, "failed requests: {:#?}", failures(&samples, None));
     assert_eq!(recorded.duplicates, 0, "duplicated POSTs");
     assert_eq!(recorded.lost, 0, "POSTs answered 200 that no server recorded");
@@ -273,7 +303,8 @@ async fn rolling_restart_under_load_fails_and_duplicates_nothing() {
 async fn controller_outage_keeps_the_last_snapshot_serving() {
     let rps = env_or("STRAIT_RELIABILITY_RPS", DEFAULT_RPS);
     let outage = Duration::from_secs(env_or("STRAIT_OUTAGE_SECONDS", 60));
-    let mut rig = Rig::start("outage", 3, |_| Vec::new()).await;
+    // Round robin, so that every endpoint's share of the load shows it is still in the snapshot.
+    let mut rig = Rig::start("outage", 3, &[("balancer.strait.io/algorithm", "round-robin")], |_| Vec::new()).await;
     let rss_before = rig.client.process.rss_bytes();
     let load = rig.load(rps);
     tokio::time::sleep(SETTLE).await;
@@ -288,7 +319,8 @@ async fn controller_outage_keeps_the_last_snapshot_serving() {
         counts.push(s.count().await);
     }
     let mut last_stale = (Duration::ZERO, 0.0);
-    println!("reliability: controller outage of {outage:?} at {rps} req/s ({POST_PERCENT}% POST):");
+    let mut out = String::new();
+    say!(out, "reliability: controller outage of {outage:?} at {rps} req/s ({POST_PERCENT}% POST):");
     while killed.elapsed() < outage {
         tokio::time::sleep(outage.saturating_sub(killed.elapsed()).min(Duration::from_secs(10))).await;
         let m = rig.client.metrics().await;
@@ -300,7 +332,8 @@ async fn controller_outage_keeps_the_last_snapshot_serving() {
             served.push(c - counts[k]);
             counts[k] = c;
         }
-        println!(
+        say!(
+            out,
             "  {:>5.1}s down: client proxy connected={connected} stale={stale:.1}s; requests per endpoint since the last line {served:?}",
             killed.elapsed().as_secs_f64()
         );
@@ -341,19 +374,22 @@ async fn controller_outage_keeps_the_last_snapshot_serving() {
     let (applied, unchanged) =
         (updates(&m1, "applied") - updates(&m0, "applied"), updates(&m1, "unchanged") - updates(&m0, "unchanged"));
     let subscriptions = metrics::value(&ctl_m, "strait_controller_subscriptions", &[]);
-    println!("  all:                 {all}");
-    println!("  controller down:     {down}");
-    println!(
+    say!(out, "  all:                 {all}");
+    say!(out, "  controller down:     {down}");
+    say!(
+        out,
         "  staleness: {:.1}s after {:.1}s down; the client proxy reconnected {:.2}s after the controller was ready again",
         last_stale.1,
         last_stale.0.as_secs_f64(),
         reconnected.as_secs_f64()
     );
-    println!(
+    say!(
+        out,
         "  updates the client proxy took after the return: {applied} applied, {unchanged} unchanged; {subscriptions} subscriptions at the controller"
     );
-    println!("  POSTs: {} recorded, {} duplicated, {} lost", recorded.entries, recorded.duplicates, recorded.lost);
-    println!("  client proxy RSS: {:.1} MiB before, {:.1} MiB after", mib(rss_before), mib(rss_after));
+    say!(out, "  POSTs: {} recorded, {} duplicated, {} lost", recorded.entries, recorded.duplicates, recorded.lost);
+    say!(out, "  client proxy RSS: {:.1} MiB before, {:.1} MiB after", mib(rss_before), mib(rss_after));
+    print!("{out}");
     assert_eq!(all.failures, 0, "failed requests: {:#?}", failures(&samples, None));
     assert_eq!((recorded.duplicates, recorded.lost), (0, 0), "duplicated or lost POSTs");
     // The staleness gauge grew with the outage (sampled a few seconds before its end, at most).
@@ -366,7 +402,7 @@ async fn controller_outage_keeps_the_last_snapshot_serving() {
     // Nothing changed while the controller was away: the answers it sent again changed nothing,
     // one per subscribed authority, no storm.
     assert_eq!(applied, 0.0, "updates applied after the return though the mesh did not change:\n{m_back}");
-    assert!(unchanged >= 1.0 && unchanged <= 4.0, "{unchanged} answers after the return for one subscribed service");
+    assert!((1.0..=4.0).contains(&unchanged), "{unchanged} answers after the return for one subscribed service");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +425,7 @@ async fn endpoint_churn_fails_no_idempotent_request() {
             ("STRAIT_INBOUND_LOCAL_IP".to_string(), "127.0.0.1".to_string()),
         ]
     };
-    let rig = Rig::start("churn", 3, inbound).await;
+    let rig = Rig::start("churn", 3, &[], inbound).await;
     let stable = rig.endpoints();
     let churners: Vec<Ep> = rig
         .servers
@@ -455,26 +491,36 @@ async fn endpoint_churn_fails_no_idempotent_request() {
     let during = Summary::of(samples.iter().filter(|s| s.at >= churn_from && s.at < churn_to));
     let applied = metrics::value(&m1, "strait_discovery_updates_total", &[("result", "applied")])
         - metrics::value(&m0, "strait_discovery_updates_total", &[("result", "applied")]);
+    let handshakes =
+        |m: &str| metrics::value(m, "strait_tls_handshakes_total", &[("direction", "outbound"), ("result", "ok")]);
+    let connections = handshakes(&m1) - handshakes(&m0);
     let reloads = metrics::value(&c1, "strait_controller_config_reloads_total", &[("result", "ok")])
         - metrics::value(&c0, "strait_controller_config_reloads_total", &[("result", "ok")]);
-    println!(
+    let mut out = String::new();
+    say!(
+        out,
         "reliability: endpoint churn, {changes} endpoint changes in {:.1}s ({:.0}/s, {} mesh file writes) over {} endpoints, at {rps} req/s ({POST_PERCENT}% POST):",
         churned_for.as_secs_f64(),
         changes as f64 / churned_for.as_secs_f64(),
         changes / BATCH,
         stable.len() + churners.len()
     );
-    println!("  all:    {}", Summary::of(&samples));
-    println!("  churn:  {during}");
-    println!(
+    say!(out, "  all:    {}", Summary::of(&samples));
+    say!(out, "  churn:  {during}");
+    say!(
+        out,
         "  GETs: {} sent, {get_failures} failed; POSTs: {} failed, {} duplicated, {} lost",
         gets.len(),
         samples.iter().filter(|s| s.kind == Kind::Post && !s.ok()).count(),
         recorded.duplicates,
         recorded.lost
     );
-    println!("  controller reloads {reloads}; updates the client proxy applied {applied}");
-    println!("  client proxy RSS: {:.1} MiB before, {:.1} MiB after", mib(rss_before), mib(rss_after));
+    say!(
+        out,
+        "  controller reloads {reloads}; updates the client proxy applied {applied}; mTLS connections it opened to endpoints {connections}"
+    );
+    say!(out, "  client proxy RSS: {:.1} MiB before, {:.1} MiB after", mib(rss_before), mib(rss_after));
+    print!("{out}");
     assert_eq!(get_failures, 0, "failed GETs: {:#?}", failures(&samples, Some(Kind::Get)));
     assert_eq!((recorded.duplicates, recorded.lost), (0, 0), "duplicated or lost POSTs");
     assert!(applied >= 10.0, "the churn reached the client proxy ({applied} updates)");
