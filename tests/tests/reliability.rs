@@ -461,7 +461,12 @@ async fn endpoint_churn_fails_no_idempotent_request() {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
     let mut changes = 0u64;
+    // The client proxy's RSS every 5 s of churn: a leak per change would show as a steady climb.
+    let mut rss = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
+        if changes % (rate * 5) == 0 {
+            rss.push(mib(rig.client.process.rss_bytes()));
+        }
         tick.tick().await;
         // BATCH distinct endpoints flip: added if absent, removed if present.
         let mut picked = Vec::new();
@@ -477,6 +482,7 @@ async fn endpoint_churn_fails_no_idempotent_request() {
         changes += BATCH;
         rig.publish(&current(&present));
     }
+    rss.push(mib(rig.client.process.rss_bytes()));
     let churned_for = started.elapsed();
     let churn_to = load.elapsed();
     tokio::time::sleep(SETTLE).await;
@@ -519,7 +525,13 @@ async fn endpoint_churn_fails_no_idempotent_request() {
         out,
         "  controller reloads {reloads}; updates the client proxy applied {applied}; mTLS connections it opened to endpoints {connections}"
     );
-    say!(out, "  client proxy RSS: {:.1} MiB before, {:.1} MiB after", mib(rss_before), mib(rss_after));
+    say!(
+        out,
+        "  client proxy RSS: {:.1} MiB before, {:.1} MiB after; every 5 s of churn: {:.1?}",
+        mib(rss_before),
+        mib(rss_after),
+        rss
+    );
     print!("{out}");
     assert_eq!(get_failures, 0, "failed GETs: {:#?}", failures(&samples, Some(Kind::Get)));
     assert_eq!((recorded.duplicates, recorded.lost), (0, 0), "duplicated or lost POSTs");
