@@ -1,4 +1,7 @@
 //! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, and `/shutdown` (POST, loopback only).
+//!
+//! It keeps serving while the proxy drains (until the process exits), so probes see `/ready`
+//! answer 503 `draining` and metrics can be scraped to the end.
 
 use std::{
     convert::Infallible,
@@ -27,16 +30,13 @@ pub struct Admin {
 impl Admin {
     pub async fn serve(self, listener: TcpListener) {
         loop {
-            let (tcp, peer) = tokio::select! {
-                _ = self.drain.signaled() => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
+            let (tcp, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
             };
             let admin = self.clone();
             tokio::spawn(async move {
@@ -57,7 +57,9 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
-                if self.ready.load(Ordering::Acquire) && !self.drain.is_draining() {
+                if self.drain.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if self.ready.load(Ordering::Acquire) {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

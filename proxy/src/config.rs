@@ -29,6 +29,12 @@ pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// In-flight work may finish for this long after SIGTERM; Kubernetes' default
 /// terminationGracePeriodSeconds is 30 s, so the proxy exits a little before the kubelet kills it.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// After SIGTERM the listeners keep accepting this long (within the grace period): Kubernetes
+/// removes a terminating pod from its EndpointSlices at the same time as it signals the pod, and
+/// the removal reaches client proxies through the API server's watch and the controller (on a
+/// busy cluster a second or two, kube-proxy's iptables for non-meshed clients as long); clients
+/// that have not heard of it yet are served instead of refused. Istio's drain duration is also 5 s.
+pub const DEFAULT_SHUTDOWN_ACCEPT_PERIOD: Duration = Duration::from_secs(5);
 /// Connecting to a peer proxy or an application: local or in-cluster, so a second is generous.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -67,6 +73,8 @@ pub struct Config {
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// How long after SIGTERM the listeners keep accepting (never beyond `shutdown_grace`).
+    pub shutdown_accept: Duration,
     /// Ports whose traffic skips protocol detection (server-speaks-first protocols).
     pub inbound_opaque_ports: Vec<u16>,
     pub outbound_opaque_ports: Vec<u16>,
@@ -171,6 +179,16 @@ impl Config {
         let detect_timeout = duration("STRAIT_DETECT_TIMEOUT", DEFAULT_DETECT_TIMEOUT);
         let connect_timeout = duration("STRAIT_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT);
         let shutdown_grace = duration("STRAIT_SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE);
+        let shutdown_accept = match get("STRAIT_SHUTDOWN_ACCEPT_PERIOD") {
+            // The default never outlasts a short grace period someone configured.
+            None => DEFAULT_SHUTDOWN_ACCEPT_PERIOD.min(shutdown_grace),
+            Some(_) => duration("STRAIT_SHUTDOWN_ACCEPT_PERIOD", DEFAULT_SHUTDOWN_ACCEPT_PERIOD),
+        };
+        if shutdown_accept > shutdown_grace {
+            errors.push(format!(
+                "STRAIT_SHUTDOWN_ACCEPT_PERIOD ({shutdown_accept:?}) is longer than STRAIT_SHUTDOWN_GRACE_PERIOD ({shutdown_grace:?})"
+            ));
+        }
 
         let mut ports = |key: &str| -> Vec<u16> {
             match get(key) {
@@ -241,6 +259,7 @@ impl Config {
             detect_timeout,
             connect_timeout,
             shutdown_grace,
+            shutdown_accept,
             inbound_opaque_ports,
             outbound_opaque_ports,
         })

@@ -2,8 +2,13 @@
 //!
 //! Label values are bounded: service names, status codes, directions; never paths or request ids.
 
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Buckets of `strait_request_duration_seconds`, in seconds: 0.1 ms to 10 s in the 1–2.5–5 series
@@ -40,6 +45,10 @@ pub struct Metrics {
     pub passthrough: IntCounterVec,
     pub discovery_connected: IntGauge,
     pub discovery_updates: IntCounterVec,
+    /// `strait_discovery_stale_seconds`, computed at each scrape from `discovery_stale_since`.
+    discovery_stale: Gauge,
+    /// Since when the discovery snapshot may be out of date (`None`: it is current).
+    discovery_stale_since: Arc<Mutex<Option<Instant>>>,
     pub ready: IntGauge,
     pub garbage_connections: IntCounter,
     pub tls_handshakes: IntCounterVec,
@@ -162,6 +171,12 @@ impl Metrics {
             "1 while the proxy holds a stream to the control plane (or reads a static mesh file).",
         ));
         must(registry.register(Box::new(discovery_connected.clone())));
+        let discovery_stale = must(Gauge::new(
+            "strait_discovery_stale_seconds",
+            "Seconds the discovery snapshot has gone without being known current: 0 while the stream to the \
+             control plane is up (or a mesh file is read), then growing while the proxy serves its last snapshot.",
+        ));
+        must(registry.register(Box::new(discovery_stale.clone())));
         let ready = must(IntGauge::new("strait_ready", "1 once the proxy is ready to serve."));
         must(registry.register(Box::new(ready.clone())));
         let garbage_connections = must(IntCounter::new(
@@ -198,12 +213,27 @@ impl Metrics {
             passthrough,
             discovery_connected,
             discovery_updates,
+            discovery_stale,
+            // Nothing is known before the first answer.
+            discovery_stale_since: Arc::new(Mutex::new(Some(Instant::now()))),
             ready,
             garbage_connections,
         }
     }
 
+    /// Discovery is up to date (the stream to the controller is up, or a mesh file was read).
+    pub fn discovery_current(&self) {
+        *self.discovery_stale_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The stream to the controller is lost: the snapshot ages from now on (unless it already did).
+    pub fn discovery_lost(&self) {
+        self.discovery_stale_since.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Instant::now);
+    }
+
     pub fn encode(&self) -> String {
+        let since = *self.discovery_stale_since.lock().unwrap_or_else(|p| p.into_inner());
+        self.discovery_stale.set(since.map_or(0.0, |t| t.elapsed().as_secs_f64()));
         let mut buf = String::new();
         let enc = prometheus::TextEncoder::new();
         if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut buf) {

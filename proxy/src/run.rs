@@ -1,5 +1,6 @@
 //! Wires the stages together: binds the listeners, loads discovery, serves until told to stop, then
-//! drains within the grace period.
+//! drains (see [`crate::drain`]): not ready but still accepting for the accept period, then the
+//! listeners close and what is left may finish within the grace period.
 
 use std::{
     sync::{
@@ -63,6 +64,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         DiscoverySource::File(path) => {
             discovery.replace(static_file::load(path, &cfg.namespace)?);
             metrics.discovery_connected.set(1);
+            metrics.discovery_current();
             tokio::spawn(watch_file(path.clone(), cfg.namespace.clone(), discovery.clone(), metrics.clone()));
         }
         DiscoverySource::Controller(addr) => {
@@ -75,7 +77,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             discovery = d;
             tokio::spawn(task);
         }
-        DiscoverySource::None => {}
+        DiscoverySource::None => metrics.discovery_current(),
     }
 
     let tls = match (&cfg.identity_addr, &cfg.trust_anchors) {
@@ -125,14 +127,20 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
 
     wait_for_stop(&drain).await;
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
     drain.start();
     metrics.ready.set(0);
+    tracing::info!(accept = ?cfg.shutdown_accept, grace = ?cfg.shutdown_grace, "draining: not ready, still accepting");
+    tokio::time::sleep(cfg.shutdown_accept).await;
+    drain.close();
     for t in ob_tasks.into_iter().chain(ib_tasks) {
         let _ = t.await;
     }
-    tracing::info!(active = drain.active(), grace = ?cfg.shutdown_grace, "draining");
-    if tokio::time::timeout(cfg.shutdown_grace, drain.idle()).await.is_err() {
+    tracing::info!(active = drain.active(), "listeners closed; waiting for open connections");
+    if tokio::time::timeout_at(deadline, drain.idle()).await.is_err() {
         tracing::warn!(active = drain.active(), "grace period over; closing remaining connections");
+    } else {
+        tracing::info!("drained");
     }
     Ok(())
 }

@@ -103,10 +103,12 @@ pub async fn proxy_named(name: &str, env: &[(&str, &str)]) -> ProxyHandle {
 /// expects never to become ready (say, refused a certificate).
 pub fn spawn_proxy(name: &str, env: &[(&str, &str)]) -> ProxyHandle {
     let given = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    // A list (`STRAIT_INBOUND_ADDR=a,b`) is passed on as given; the handle names its first address.
     let addr = |key: &str| match given(key) {
-        Some(value) => value
-            .parse()
-            .unwrap_or_else(|e| panic!("{key}={value}: {e}")),
+        Some(value) => {
+            let first = value.split(',').next().unwrap_or(value);
+            first.trim().parse().unwrap_or_else(|e| panic!("{key}={value}: {e}"))
+        }
         None => free_addr(),
     };
     let outbound = addr("STRAIT_OUTBOUND_ADDR");
@@ -115,9 +117,9 @@ pub fn spawn_proxy(name: &str, env: &[(&str, &str)]) -> ProxyHandle {
     let (outbound_s, inbound_s, admin_s) =
         (outbound.to_string(), inbound.to_string(), admin.to_string());
     let mut full_env: Vec<(&str, &str)> = vec![
-        ("STRAIT_OUTBOUND_ADDR", &outbound_s),
-        ("STRAIT_INBOUND_ADDR", &inbound_s),
-        ("STRAIT_ADMIN_ADDR", &admin_s),
+        ("STRAIT_OUTBOUND_ADDR", given("STRAIT_OUTBOUND_ADDR").unwrap_or(&outbound_s)),
+        ("STRAIT_INBOUND_ADDR", given("STRAIT_INBOUND_ADDR").unwrap_or(&inbound_s)),
+        ("STRAIT_ADMIN_ADDR", given("STRAIT_ADMIN_ADDR").unwrap_or(&admin_s)),
     ];
     if given("STRAIT_LOG").is_none() {
         full_env.push(("STRAIT_LOG", "info"));
@@ -164,6 +166,10 @@ pub struct ControllerHandle {
     /// `issuer-key.pem`) it created or found there.
     pub state_dir: PathBuf,
     pub mesh_file: PathBuf,
+    /// What [`ControllerHandle::restart`] starts it with again.
+    name: String,
+    dir: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl ControllerHandle {
@@ -212,41 +218,88 @@ pub async fn controller_named(name: &str, dir: &Path, mesh_yaml: &str, extra_arg
         Some(i) => PathBuf::from(extra_args.get(i + 1).expect("--state-dir needs a value")),
         None => dir.join("state"),
     };
+    let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
     for attempt in 1..=ATTEMPTS {
         let (discovery, identity, admin) = (free_addr(), free_addr(), free_addr());
-        let (m, s, d, i, a, w) = (
-            mesh_file.display().to_string(),
-            state_dir.display().to_string(),
-            discovery.to_string(),
-            identity.to_string(),
-            admin.to_string(),
-            free_addr().to_string(),
-        );
-        let mut args = vec![
-            "--mesh-file", &m, "--discovery-addr", &d, "--identity-addr", &i, "--admin-addr", &a, "--webhook-addr", &w,
-        ];
-        if !extra_args.contains(&"--state-dir") {
-            args.extend(["--state-dir", &s]);
-        }
-        args.extend_from_slice(extra_args);
-        let mut process = Process::spawn(name, bin("strait-controller"), &args, &[("STRAIT_LOG", "info")], dir);
-        let url = format!("http://{admin}/ready");
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = process.try_exit_status() {
-                let log = process.log();
-                if attempt < ATTEMPTS && log.contains("in use") {
-                    break;
-                }
-                panic!("{name} exited ({status}) before it was ready; log:\n{log}");
-            }
-            if crate::client::wait_for_http_ok(&url, Duration::from_millis(200)).await.is_ok() {
-                return ControllerHandle { process, discovery, identity, admin, state_dir, mesh_file };
-            }
-            if Instant::now() >= deadline {
-                panic!("{name} did not become ready within {STARTUP_TIMEOUT:?}; log:\n{}", process.log());
-            }
+        let mut handle = ControllerHandle {
+            process: spawn_controller(name, dir, &mesh_file, &state_dir, [discovery, identity, admin], &extra),
+            discovery,
+            identity,
+            admin,
+            state_dir: state_dir.clone(),
+            mesh_file: mesh_file.clone(),
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            extra_args: extra.clone(),
+        };
+        match wait_controller_ready(&mut handle).await {
+            Ok(()) => return handle,
+            Err(log) if attempt < ATTEMPTS && log.contains("in use") => continue,
+            Err(log) => panic!("{name} did not become ready within {STARTUP_TIMEOUT:?}; log:\n{log}"),
         }
     }
     unreachable!("the last attempt returns or panics")
+}
+
+impl ControllerHandle {
+    /// Starts the controller again after its process ended (killed, say): the same listeners, mesh
+    /// file, state directory and arguments, logging to a new `<name>` log in its directory.
+    /// Waits for `/ready`; panics with the log if it does not become ready.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        self.process = spawn_controller(
+            &self.name,
+            &self.dir,
+            &self.mesh_file,
+            &self.state_dir,
+            [self.discovery, self.identity, self.admin],
+            &self.extra_args,
+        );
+        if let Err(log) = wait_controller_ready(self).await {
+            panic!("{} did not become ready again within {STARTUP_TIMEOUT:?}; log:\n{log}", self.name);
+        }
+    }
+}
+
+fn spawn_controller(
+    name: &str,
+    dir: &Path,
+    mesh_file: &Path,
+    state_dir: &Path,
+    [discovery, identity, admin]: [SocketAddr; 3],
+    extra_args: &[String],
+) -> Process {
+    let (m, s, d, i, a, w) = (
+        mesh_file.display().to_string(),
+        state_dir.display().to_string(),
+        discovery.to_string(),
+        identity.to_string(),
+        admin.to_string(),
+        free_addr().to_string(),
+    );
+    let mut args = vec![
+        "--mesh-file", &m, "--discovery-addr", &d, "--identity-addr", &i, "--admin-addr", &a, "--webhook-addr", &w,
+    ];
+    if !extra_args.iter().any(|a| a == "--state-dir") {
+        args.extend(["--state-dir", &s]);
+    }
+    args.extend(extra_args.iter().map(String::as_str));
+    Process::spawn(name, bin("strait-controller"), &args, &[("STRAIT_LOG", "info")], dir)
+}
+
+/// Waits for `/ready`; on failure returns the log (with the exit status if it exited).
+async fn wait_controller_ready(handle: &mut ControllerHandle) -> Result<(), String> {
+    let url = format!("http://{}/ready", handle.admin);
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Some(status) = handle.process.try_exit_status() {
+            return Err(format!("(exited: {status})\n{}", handle.process.log()));
+        }
+        if crate::client::wait_for_http_ok(&url, Duration::from_millis(200)).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(handle.process.log());
+        }
+    }
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod dir;
 pub mod fixtures;
 pub mod kube_api;
+pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod netns;

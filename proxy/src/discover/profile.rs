@@ -73,6 +73,16 @@ impl ServiceProfile {
         })
     }
 
+    /// Whether `other` says the same (a controller sending an authority again after a reconnection).
+    pub fn same_as(&self, other: &ServiceProfile) -> bool {
+        self.name == other.name
+            && self.namespace == other.namespace
+            && self.port == other.port
+            && self.protocol == other.protocol
+            && self.endpoints == other.endpoints
+            && self.policy == other.policy
+    }
+
     pub fn is_opaque(&self) -> bool {
         self.protocol == pb::Protocol::Opaque
     }

@@ -1,7 +1,10 @@
 //! The controller's discovery stream, seen from the proxy: subscribe to an authority the first
 //! time the data path asks for it, keep the latest snapshot of each, acknowledge or reject every
 //! version, forget authorities nobody used for a while, and keep serving the last good answers
-//! while the controller is away (reconnecting with jittered exponential backoff).
+//! while the controller is away (reconnecting with jittered exponential backoff, from `backon`;
+//! `strait_discovery_stale_seconds` tells how long the snapshot has gone unconfirmed). After a
+//! reconnection the controller sends every subscribed authority again; an answer equal to the one
+//! held changes nothing (counted as `unchanged`), so a controller restart is no update storm.
 
 use std::{
     collections::HashMap,
@@ -24,9 +27,14 @@ use crate::{dns::Dns, metrics::Metrics};
 pub const DEFAULT_FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// An authority unused for this long is unsubscribed, so a proxy follows only what it talks to.
 pub const DEFAULT_IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(300);
-/// Reconnect backoff: first retry soon (a controller restart), then up to 10 s between attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Reconnect backoff: first retry soon (a controller restart), doubling up to 5 s; backon's jitter
+/// adds up to as much again (so 50–100 ms first, 5–10 s at most between attempts), which spreads
+/// the reconnections of many proxies after a controller restart.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A session that lasted this long was a working connection: the next failure starts the backoff
+/// again from its minimum.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// Commands from the data path to the stream task: one per new authority, so a small bound.
 const COMMANDS: usize = 1024;
 
@@ -139,6 +147,19 @@ impl Client {
         }
     }
 
+    /// Sets a found answer unless the one held is equal; returns whether it changed.
+    fn set_profile(&self, authority: &str, profile: ServiceProfile) -> bool {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = entries.get(authority) else { return false };
+        e.answer.send_if_modified(|current| match current {
+            Answer::Found(held) if held.same_as(&profile) => false,
+            _ => {
+                *current = Answer::Found(Arc::new(profile));
+                true
+            }
+        })
+    }
+
     fn known(&self) -> Vec<Arc<str>> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries.keys().cloned().collect()
@@ -173,7 +194,13 @@ async fn run(
     dns: Dns,
     mut commands: mpsc::Receiver<Command>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    use backon::BackoffBuilder;
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = policy.build();
     loop {
         let started = Instant::now();
         match session(&client, &addr, &who, &metrics, &dns, &mut commands).await {
@@ -181,13 +208,11 @@ async fn run(
             Err(e) => tracing::warn!(%addr, error = %e, "discovery stream failed; serving the last good answers"),
         }
         metrics.discovery_connected.set(0);
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
+        metrics.discovery_lost();
+        if started.elapsed() > BACKOFF_RESET_AFTER {
+            backoff = policy.build();
         }
-        // Full jitter: many proxies reconnecting after a controller restart spread out.
-        let sleep = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-        tokio::time::sleep(sleep).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next().unwrap_or(BACKOFF_MAX)).await;
     }
 }
 
@@ -233,12 +258,22 @@ async fn session(
         let _ = out_tx.send(req(watch_request::Request::Subscribe(pb::Subscribe { authority: authority.to_string() }))).await;
     }
     metrics.discovery_connected.set(1);
+    // Current once the controller has answered (it sends every subscription again at once), or
+    // right away when nothing is subscribed.
+    let mut confirmed = client.known().is_empty();
+    if confirmed {
+        metrics.discovery_current();
+    }
     tracing::info!(%addr, "discovery stream connected");
     let mut sweep = tokio::time::interval(DEFAULT_IDLE_UNSUBSCRIBE / 4);
     loop {
         tokio::select! {
             msg = stream.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
+                if !confirmed {
+                    confirmed = true;
+                    metrics.discovery_current();
+                }
                 if let Some(ack) = apply(client, metrics, msg) {
                     let _ = out_tx.send(req(ack)).await;
                 }
@@ -265,8 +300,8 @@ fn apply(client: &Client, metrics: &Metrics, msg: pb::WatchResponse) -> Option<w
             let parsed = u.service.as_ref().map(ServiceProfile::from_proto);
             match parsed {
                 Some(Ok(p)) => {
-                    client.set(&u.authority, Answer::Found(Arc::new(p)));
-                    metrics.discovery_updates.with_label_values(&["applied"]).inc();
+                    let result = if client.set_profile(&u.authority, p) { "applied" } else { "unchanged" };
+                    metrics.discovery_updates.with_label_values(&[result]).inc();
                     Some(watch_request::Request::Ack(pb::Ack { authority: u.authority, version: u.version }))
                 }
                 Some(Err(e)) => {

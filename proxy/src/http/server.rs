@@ -1,14 +1,28 @@
-//! Serving HTTP on an accepted connection, with graceful shutdown when the proxy drains: HTTP/1
-//! finishes the in-flight request and closes, HTTP/2 sends GOAWAY and lets open streams finish.
+//! Serving HTTP on an accepted connection, with graceful shutdown when the proxy drains (see
+//! [`crate::drain`]):
+//!
+//! - HTTP/1: while draining, every response carries `connection: close`, so a keep-alive client
+//!   is told to leave after its next request instead of having its idle connection cut under a
+//!   request it is about to send. When the listeners close, idle connections are closed and a
+//!   busy one finishes its request.
+//! - HTTP/2: GOAWAY (hyper's graceful shutdown) at the start of the drain for connections opened
+//!   before it, when the listeners close for those opened during the accept period; open streams
+//!   finish.
 
-use std::time::Duration;
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
+use http::{HeaderValue, StatusCode, header};
 use hyper::{body::Incoming, service::Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Response;
-use crate::drain;
+use crate::drain::{self, Drain};
 
 /// A client has this long to send a request's headers; slow-loris connections are closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -18,9 +32,10 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 pub async fn serve_h1<I, S>(io: I, svc: S, watch: &drain::Watch)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: Service<http::Request<Incoming>, Response = Response, Error = std::convert::Infallible> + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
+    let svc = CloseWhenDraining { inner: svc, drain: watch.drain().clone() };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -29,7 +44,7 @@ where
     tokio::pin!(conn);
     let r = tokio::select! {
         r = conn.as_mut() => r,
-        _ = watch.signaled() => {
+        _ = watch.closing() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -42,7 +57,7 @@ where
 pub async fn serve_h2<I, S>(io: I, svc: S, watch: &drain::Watch)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: Service<http::Request<Incoming>, Response = Response, Error = std::convert::Infallible> + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -52,12 +67,57 @@ where
     tokio::pin!(conn);
     let r = tokio::select! {
         r = conn.as_mut() => r,
-        _ = watch.signaled() => {
+        _ = watch.wind_down() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
     if let Err(e) = r {
         tracing::debug!(error = %e, "HTTP/2 connection ended");
+    }
+}
+
+/// Wraps an HTTP/1 connection's service: hands the drain to upgrades (through the request's
+/// extensions, see [`super::upgrade`]) and marks responses `connection: close` while draining.
+struct CloseWhenDraining<S> {
+    inner: S,
+    drain: Drain,
+}
+
+impl<S> Service<http::Request<Incoming>> for CloseWhenDraining<S>
+where
+    S: Service<http::Request<Incoming>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = MarkClose<S::Future>;
+
+    fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.drain.clone());
+        MarkClose { inner: self.inner.call(req), drain: self.drain.clone() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct MarkClose<F> {
+        #[pin]
+        inner: F,
+        drain: Drain,
+    }
+}
+
+impl<F> Future for MarkClose<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut rsp) = ready!(this.inner.poll(cx));
+        if this.drain.is_draining() && rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            rsp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(rsp))
     }
 }

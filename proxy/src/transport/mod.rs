@@ -18,8 +18,10 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> I
 /// A stream whose concrete type is decided per connection (plain or TLS), boxed once per connection.
 pub type BoxedIo = Box<dyn Io>;
 
-/// Accepts connections on `listener` until the drain starts, handing each to `handle` on its own
-/// task, registered with the drain so shutdown waits for it.
+/// One accept loop for both listeners: accepts connections on `listener` until the drain closes
+/// the listeners — through the accept period after SIGTERM too, so clients that still use this
+/// endpoint are served rather than refused — handing each to `handle` on its own task,
+/// registered with the drain so shutdown waits for it. The listener is dropped (closed) on return.
 pub async fn accept_until_drained<F, Fut>(
     listener: tokio::net::TcpListener,
     drain: &crate::drain::Drain,
@@ -31,7 +33,7 @@ pub async fn accept_until_drained<F, Fut>(
 {
     loop {
         let accepted = tokio::select! {
-            _ = drain.signaled() => return,
+            _ = drain.closing() => return,
             a = listener.accept() => a,
         };
         match accepted {

@@ -13,6 +13,8 @@
 //! | `GET /headers` | the request headers as a JSON object (repeated headers joined by `, `) |
 //! | `GET /count` | how many requests this process served, not counting `/count` and `/cancelled` |
 //! | `GET /cancelled` | how many of them the client abandoned before the response's end |
+//! | `POST /record` with `x-request-id: ID` | the body consumed, then `ID` remembered; answers `recorded ID bytes=<N>` (400 without the header) |
+//! | `GET /recorded` | every `ID` `POST /record` remembered, one per line in arrival order (a repeated one appears again) |
 //! | `POST /fault?status=N&percent=P&delay_ms=D&hang=1&reset=1` | from now on every other request is delayed D ms, then hangs forever, or has its connection reset, or is answered with status N (P % of requests, default all); `POST /fault` alone clears the fault |
 //!
 //! Every response carries `x-served-by: NAME`, `x-seen-host` (the `Host` header, else the URI's
@@ -21,7 +23,7 @@
 //! connection the request came on: under interception, the local proxy).
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -49,6 +51,8 @@ struct State {
     served: AtomicU64,
     cancelled: Arc<AtomicU64>,
     fault: Fault,
+    /// The ids `POST /record` saw, in arrival order.
+    recorded: Mutex<Vec<String>>,
 }
 
 /// Faults switched on at run time through `POST /fault`, applied to every other request.
@@ -69,6 +73,7 @@ pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
         served: AtomicU64::new(0),
         cancelled: Arc::new(AtomicU64::new(0)),
         fault: Fault::default(),
+        recorded: Mutex::new(Vec::new()),
     });
     accept_loop(listener, move |stream| {
         let state = state.clone();
@@ -93,7 +98,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Tracked>, BoxError> {
     let introspection = (request.method() == Method::GET
-        && matches!(request.uri().path(), "/count" | "/cancelled"))
+        && matches!(request.uri().path(), "/count" | "/cancelled" | "/recorded"))
         || (request.method() == Method::POST && request.uri().path() == "/fault");
     if !introspection {
         state.served.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +154,11 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Boxed> {
         (&Method::POST, "/fault") => set_fault(&state.fault, &request),
         (&Method::POST, "/echo") => echo(request),
         (&Method::POST, "/upload") => upload(request).await,
+        (&Method::POST, "/record") => record(state, request).await,
+        (&Method::GET, "/recorded") => {
+            let ids = state.recorded.lock().unwrap_or_else(|p| p.into_inner());
+            text(ids.iter().map(|id| format!("{id}\n")).collect::<String>())
+        }
         (&Method::GET, "/chunked") => chunked(&request),
         (&Method::GET, "/slow") => {
             let ms = query_u64(&request, "ms").unwrap_or(0);
@@ -250,6 +260,20 @@ async fn upload(request: Request<Incoming>) -> Response<Boxed> {
         }
     }
     text(format!("bytes={bytes} sum={sum}"))
+}
+
+/// Remembers the request's id once its whole body has arrived: a request counted here reached the
+/// application, so a client can tell duplicates (the same id twice, over all servers) from losses.
+async fn record(state: &State, request: Request<Incoming>) -> Response<Boxed> {
+    let Some(id) = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+        return with_status(StatusCode::BAD_REQUEST, "x-request-id missing");
+    };
+    let body = match request.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return with_status(StatusCode::BAD_REQUEST, "request body failed"),
+    };
+    state.recorded.lock().unwrap_or_else(|p| p.into_inner()).push(id.clone());
+    text(format!("recorded {id} bytes={}", body.len()))
 }
 
 fn chunked(request: &Request<Incoming>) -> Response<Boxed> {

@@ -46,11 +46,16 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
-    fn cost(&self, now_ns: u64) -> f64 {
+    /// The latency estimate in nanoseconds, decayed towards zero while idle so a once-slow
+    /// endpoint is tried again eventually.
+    fn decayed_rtt(&self, now_ns: u64) -> f64 {
         let rtt = f64::from_bits(self.rtt.load(Ordering::Relaxed));
         let elapsed = now_ns.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
-        // Decay towards zero while idle so a once-slow endpoint is tried again eventually.
-        let decayed = rtt * (-elapsed / DECAY.as_nanos() as f64).exp();
+        rtt * (-elapsed / DECAY.as_nanos() as f64).exp()
+    }
+
+    fn cost(&self, now_ns: u64) -> f64 {
+        let decayed = self.decayed_rtt(now_ns);
         let pending = self.outstanding.load(Ordering::Relaxed) as f64;
         decayed.max(1.0) * (pending + 1.0)
     }
@@ -123,6 +128,16 @@ impl Balancer {
     /// Returns the endpoints that left (for their metrics to be cleared).
     pub fn update(&self, eps: &[Endpoint]) -> Vec<Arc<EndpointState>> {
         let old = self.snapshot();
+        let now_ns = (Instant::now() - self.epoch).as_nanos() as u64;
+        // A newcomer starts at the service's lowest current latency estimate (DEFAULT_RTT only for
+        // the first endpoints): started above its peers' it would lose every P2C draw until the
+        // decay brought it down, and a replaced pod would get no traffic for half a minute. Its own
+        // first responses replace the estimate at once if they are slower (peaks count in full).
+        let start_rtt = old
+            .iter()
+            .map(|s| s.decayed_rtt(now_ns))
+            .min_by(f64::total_cmp)
+            .unwrap_or(DEFAULT_RTT.as_nanos() as f64);
         let mut next = Vec::with_capacity(eps.len());
         for e in eps {
             match old.iter().find(|s| s.endpoint == *e) {
@@ -132,8 +147,8 @@ impl Balancer {
                     endpoint: e.clone(),
                     breaker: Breaker::default(),
                     outstanding: AtomicU32::new(0),
-                    rtt: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
-                    stamp: AtomicU64::new((Instant::now() - self.epoch).as_nanos() as u64),
+                    rtt: AtomicU64::new(start_rtt.to_bits()),
+                    stamp: AtomicU64::new(now_ns),
                 })),
             }
         }
@@ -253,6 +268,19 @@ mod tests {
         let p = b.pick(false, None).unwrap();
         assert_eq!(p.state.outstanding.load(Ordering::Relaxed), 1);
         drop(p);
+    }
+
+    #[test]
+    fn a_new_endpoint_among_fast_ones_gets_its_share() {
+        let b = Balancer::default();
+        b.update(&[ep(1), ep(2)]);
+        let now = (Instant::now() - b.epoch).as_nanos() as u64;
+        for s in b.snapshot().iter() {
+            s.observe(Duration::from_micros(500), now);
+        }
+        b.update(&[ep(1), ep(2), ep(3)]);
+        let new = (0..300).filter(|_| b.pick(false, None).unwrap().state.endpoint.addr.port() == 3).count();
+        assert!(new > 30, "the newcomer got {new} of 300 picks");
     }
 
     #[test]
