@@ -24,9 +24,6 @@ use crate::{
     metrics::Metrics,
 };
 
-/// How long a retry budget remembers requests (tower's default window).
-const BUDGET_TTL: Duration = Duration::from_secs(10);
-
 /// Stacks by service authority (`name.namespace:port`).
 #[derive(Default)]
 pub struct Logicals {
@@ -102,11 +99,7 @@ impl Logical {
             {
                 c.budget.clone()
             }
-            _ => Arc::new(TpsBudget::new(
-                BUDGET_TTL,
-                policy.retry.budget_min_per_second,
-                policy.retry.budget_percent as f32 / 100.0,
-            )),
+            _ => Arc::new(policy.retry.budget()),
         };
         let bulkhead = match cur.as_ref() {
             Some(c) if same(&|p| p.bulkhead == policy.bulkhead) => c.bulkhead.clone(),
