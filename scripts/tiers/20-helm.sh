@@ -26,10 +26,10 @@ if [ ! -x "$helm" ]; then
   chmod +x "$helm"
 fi
 venv=$tools/venv
-if ! "$venv/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import kubernetes_validate, yaml, cryptography' 2>/dev/null; then
   echo "[helm] installing kubernetes-validate into $venv" >&2
   python3 -m venv "$venv" || fail_or_skip "python3 -m venv failed"
-  "$venv/bin/pip" install -q kubernetes-validate pyyaml >&2 || fail_or_skip "pip install kubernetes-validate failed"
+  "$venv/bin/pip" install -q kubernetes-validate pyyaml cryptography >&2 || fail_or_skip "pip install kubernetes-validate failed"
 fi
 echo "[helm] $("$helm" version --short)" >&2
 chart=charts/strait
@@ -41,12 +41,35 @@ for case in default custom; do
   "$helm" template strait "$chart" -n strait-system "${args[@]}" >"$out"
   echo "[helm] $case values: $(grep -c '^kind:' "$out") objects" >&2
   "$venv/bin/python" tests/helm/validate.py "$OLDEST" "$NEWEST" <"$out"
+  policy=(); [ "$case" = custom ] && policy=(--cert-manager)
+  "$venv/bin/python" tests/helm/policy.py strait-system "${policy[@]}" <"$out"
+  [ "$case" = default ] && cp "$out" "$tools/rendered-default.yaml"
   rm -f "$out"
 done
+# The policy check itself catches what it is for: one more RBAC rule, and a caBundle from another CA.
+broken=$(mktemp)
+sed 's/resources: \[services, pods, namespaces\]/resources: [services, pods, namespaces, secrets]/' \
+  "$tools/rendered-default.yaml" >"$broken"
+if "$venv/bin/python" tests/helm/policy.py strait-system <"$broken" 2>/dev/null; then
+  echo "[helm] FAILED: policy.py accepted a ClusterRole that can read Secrets" >&2; exit 1
+fi
+"$venv/bin/python" - "$tools/rendered-default.yaml" "$broken" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+mwc = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")
+other = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "strait-identity-issuer")
+mwc["webhooks"][0]["clientConfig"]["caBundle"] = other["data"]["ca.crt"]
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
+if "$venv/bin/python" tests/helm/policy.py strait-system <"$broken" 2>/dev/null; then
+  echo "[helm] FAILED: policy.py accepted a caBundle from another CA" >&2; exit 1
+fi
+rm -f "$broken"
+echo "[helm] policy check refuses an extra RBAC rule and a foreign caBundle" >&2
 # A bad value fails with the schema's message, naming the field.
 if msg=$("$helm" template strait "$chart" -f tests/helm/values-bad.yaml 2>&1); then
   echo "[helm] FAILED: a bad value (controller.replicas: two) rendered" >&2; exit 1
 fi
 echo "$msg" | grep -q "/controller/replicas" || { echo "[helm] FAILED: no schema message for the bad value: $msg" >&2; exit 1; }
 echo "[helm] bad value refused: $(echo "$msg" | grep -m1 replicas)" >&2
-echo "ran: helm lint + template (default, custom, bad value refused), kubernetes-validate $OLDEST and $NEWEST"
+echo "ran: helm lint + template (default, custom, bad value refused), kubernetes-validate $OLDEST and $NEWEST, policy (RBAC, caBundle, security contexts)"
