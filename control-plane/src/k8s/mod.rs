@@ -5,6 +5,7 @@
 //! - [`watch`]: a `runtime::watcher` and a reflector store per kind, all namespaces.
 //! - [`convert`]: the stores' contents → the source-independent [`crate::model::Mesh`] (pure).
 //! - [`events`]: bad annotations reported as Kubernetes Events on their Service or Pod.
+//! - [`namespaces`]: the Namespaces' Strait annotations, for the injector (not part of the mesh).
 //!
 //! [`run`] ties them together: after the first full list of all three kinds it publishes the whole
 //! mesh to the [`Store`] (which makes `/ready` answer 200). After that, each watch event marks its
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod convert;
 pub mod events;
+pub mod namespaces;
 pub mod slim;
 pub mod watch;
 
