@@ -1,11 +1,14 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, and `/shutdown` (POST, loopback only).
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown` (POST, loopback only),
+//! and `/app-probe/<container>/<kind>` (the application's own kubelet probes, see [`probe`]).
 //!
 //! It keeps serving while the proxy drains (until the process exits), so probes see `/ready`
 //! answer 503 `draining` and metrics can be scraped to the end.
 
+pub mod probe;
+
 use std::{
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +20,10 @@ use http::{Method, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::{config::Config, drain::Drain, http::Body, metrics::Metrics};
+use crate::{config::Config, drain::Drain, http::Body, http::errors::STRAIT_ERROR, metrics::Metrics};
+
+/// The `strait-error` value of a failed application probe.
+pub const PROBE_FAILED: &str = "probe-failed";
 
 #[derive(Clone)]
 pub struct Admin {
@@ -25,6 +31,8 @@ pub struct Admin {
     pub metrics: Metrics,
     pub drain: Drain,
     pub ready: Arc<AtomicBool>,
+    /// Built from `cfg.app_probes`.
+    pub probes: Arc<probe::Prober>,
 }
 
 impl Admin {
@@ -38,11 +46,13 @@ impl Admin {
                     continue;
                 }
             };
+            // The address the caller dialled (the pod IP for kubelet): the default `Host` of a probe.
+            let local = tcp.local_addr().map(|a| a.ip()).unwrap_or(self.cfg.admin_addr.ip());
             let admin = self.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req, peer)) }
+                    async move { Ok::<_, Infallible>(admin.route(req, peer, local).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
@@ -53,7 +63,14 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: http::Request<Incoming>, peer: SocketAddr) -> http::Response<Body> {
+    async fn route(&self, req: http::Request<Incoming>, peer: SocketAddr, local: IpAddr) -> http::Response<Body> {
+        if let Some(key) = req.uri().path().strip_prefix("/app-probe/") {
+            if req.method() != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+            }
+            let caller = probe::Caller { local_ip: local, user_agent: req.headers().get(header::USER_AGENT).cloned() };
+            return self.app_probe(key, &caller).await;
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
@@ -85,6 +102,32 @@ impl Admin {
             }
             (_, "/shutdown") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+impl Admin {
+    /// `key` is `<container>/<kind>`: the application's status when the probe passes, else 503
+    /// `strait-error: probe-failed` with the reason on one line; 404 for a probe the table lacks.
+    async fn app_probe(&self, key: &str, caller: &probe::Caller) -> http::Response<Body> {
+        let found = key.split_once('/').filter(|(_, kind)| !kind.contains('/'));
+        let Some(app_probe) = found.and_then(|(container, kind)| self.probes.get(container, kind)) else {
+            return text(StatusCode::NOT_FOUND, "no such probe (STRAIT_APP_PROBES)\n");
+        };
+        match self.probes.run(app_probe, caller).await {
+            Ok(passed) => {
+                let mut rsp = http::Response::new(Body::from_bytes(passed.body));
+                *rsp.status_mut() = passed.status;
+                rsp
+            }
+            Err(e) => {
+                tracing::debug!(probe = key, error = %e, "application probe failed");
+                let mut rsp = http::Response::new(Body::from_bytes(Bytes::from(format!("probe failed: {e}\n"))));
+                *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                rsp.headers_mut().insert(STRAIT_ERROR, http::HeaderValue::from_static(PROBE_FAILED));
+                rsp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+                rsp
+            }
         }
     }
 }

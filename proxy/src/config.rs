@@ -5,6 +5,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+mod app_probes;
+
+pub use app_probes::{AppProbe, AppProbes, DEFAULT_PROBE_TIMEOUT, HttpProbe, PROBE_KINDS, ProbeAction};
+
 /// Loopback only: in a pod, iptables sends the application's outbound traffic here; on a laptop the
 /// application uses it as an HTTP proxy. Nothing outside the pod should reach it.
 pub const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:7140";
@@ -78,6 +82,8 @@ pub struct Config {
     /// Ports whose traffic skips protocol detection (server-speaks-first protocols).
     pub inbound_opaque_ports: Vec<u16>,
     pub outbound_opaque_ports: Vec<u16>,
+    /// The application's kubelet probes, run through the admin port (`STRAIT_APP_PROBES`).
+    pub app_probes: AppProbes,
 }
 
 /// Whether the inbound side accepts plaintext from outside the mesh.
@@ -219,6 +225,13 @@ impl Config {
                 InboundMode::Permissive
             }
         };
+        let app_probes = match get("STRAIT_APP_PROBES") {
+            None => AppProbes::default(),
+            Some(v) => AppProbes::parse(&v).unwrap_or_else(|errs| {
+                errors.extend(errs.into_iter().map(|e| format!("STRAIT_APP_PROBES: {e}")));
+                AppProbes::default()
+            }),
+        };
         let trust_domain = get("STRAIT_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
         let identity_server_id = get("STRAIT_IDENTITY_SERVER_ID").unwrap_or_else(|| {
             format!("spiffe://{trust_domain}/ns/{DEFAULT_CONTROLLER_NAMESPACE}/sa/{DEFAULT_CONTROLLER_SERVICE_ACCOUNT}")
@@ -262,6 +275,7 @@ impl Config {
             shutdown_accept,
             inbound_opaque_ports,
             outbound_opaque_ports,
+            app_probes,
         })
     }
 }
@@ -346,6 +360,17 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.0.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn app_probes_are_checked_at_start_up() {
+        let c = cfg(&[("STRAIT_APP_PROBES", r#"{"app/readiness": {"port": 8080, "path": "/ready"}}"#)]).unwrap();
+        assert_eq!(c.app_probes.get("app", "readiness").map(|p| p.port), Some(8080));
+        assert!(cfg(&[]).unwrap().app_probes.is_empty());
+        let e = cfg(&[("STRAIT_APP_PROBES", r#"{"app/readiness": {"port": 8080, "scheme": "ftp"}}"#)]).unwrap_err();
+        assert_eq!(e.0, [r#"STRAIT_APP_PROBES: "app/readiness": scheme "ftp" is not HTTP or HTTPS"#], "{e}");
+        let e = cfg(&[("STRAIT_APP_PROBES", "{not json")]).unwrap_err();
+        assert!(e.0[0].starts_with("STRAIT_APP_PROBES: key must be a string"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::{
-    admin::Admin,
+    admin::{Admin, probe::Prober},
     config::{Config, DiscoverySource},
     discover::{Discovery, remote::Identity, static_file},
     drain::Drain,
@@ -57,7 +57,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let outbound_ls = bind_all("outbound", &cfg.outbound_addrs, &cfg.optional_addrs)?;
     let inbound_ls = bind_all("inbound", &cfg.inbound_addrs, &cfg.optional_addrs)?;
 
-    let admin = Admin { cfg: cfg.clone(), metrics: metrics.clone(), drain: drain.clone(), ready: ready.clone() };
+    let probes = Arc::new(Prober::new(cfg.app_probes.clone()));
+    let admin = Admin { cfg: cfg.clone(), metrics: metrics.clone(), drain: drain.clone(), ready: ready.clone(), probes };
     tokio::spawn(admin.serve(admin_l));
 
     match &cfg.discovery {

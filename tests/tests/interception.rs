@@ -571,3 +571,41 @@ fn a_paused_plaintext_client_cannot_forge_the_identity_header() {
         drop(m);
     }
 }
+
+/// Kubelet's probes in strict mode (issue 13, item 4): kubelet runs on the node and has no mesh
+/// identity, so a plain request from the node to the application's port is refused; the probe
+/// rewritten to the admin port (`/app-probe/<container>/<kind>`) reaches the application, which the
+/// proxy probes on 127.0.0.1 directly (its UID is exempt from interception), not through the mesh.
+#[test]
+fn kubelet_probes_reach_a_strict_pod_through_the_admin_port() {
+    if !enabled("kubelet_probes_reach_a_strict_pod_through_the_admin_port") {
+        return;
+    }
+    let probes = r#"{"app/readiness": {"port": 8080, "path": "/ready-check"},
+                     "app/liveness": {"port": 8080, "tcp": true},
+                     "app/startup": {"port": 8080, "path": "/status/500"}}"#;
+    let m = mesh("probes", &[], &[], &[], &[("STRAIT_INBOUND_MODE", "strict"), ("STRAIT_APP_PROBES", probes)]);
+    let node = m._cluster.node();
+    let admin = SocketAddr::from((m.b.ip4, netns::ADMIN_PORT));
+
+    let ready = node.http(admin, "GET", "/app-probe/app/readiness", &admin.to_string()).unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.text(), "web-b GET /ready-check", "the application answered the probe");
+    let live = node.http(admin, "GET", "/app-probe/app/liveness", &admin.to_string()).unwrap();
+    assert_eq!(live.status, 200, "{}", live.text());
+    let startup = node.http(admin, "GET", "/app-probe/app/startup", &admin.to_string()).unwrap();
+    assert_eq!(startup.status, 503, "{}", startup.text());
+    assert_eq!(startup.header("strait-error"), Some("probe-failed"));
+    assert!(startup.text().contains("the application answered 500"), "{}", startup.text());
+    let unknown = node.http(admin, "GET", "/app-probe/other/readiness", &admin.to_string()).unwrap();
+    assert_eq!(unknown.status, 404);
+    let mb = m.b.metrics();
+    assert_eq!(opened(&mb, "inbound"), 0.0, "the probes did not go through the inbound side:\n{mb}");
+    assert_eq!(opened(&mb, "outbound"), 0.0, "nor through the outbound side:\n{mb}");
+
+    // The same application port, asked directly from the node: refused (strict, no identity).
+    let direct = node.http(SocketAddr::from((m.b.ip4, 8080)), "GET", "/ready-check", "web");
+    assert!(direct.is_err(), "strict mode answered plaintext from the node: {direct:?}");
+    let mb = m.b.metrics();
+    assert_eq!(value(&mb, "strait_inbound_refused_total", &[("reason", "strict-plaintext")]), 1.0, "{mb}");
+}
