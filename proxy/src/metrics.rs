@@ -1,6 +1,9 @@
 //! Golden metrics (DESIGN §6), registered once and shared by every stage.
 //!
-//! Label values are bounded: service names, status codes, directions; never paths or request ids.
+//! Label values are bounded: every one comes from the mesh (discovery, the proxy's own
+//! configuration, a verified peer identity) or from a fixed set (directions, status codes,
+//! outcomes), never from what a client wrote: a random `Host` must not grow the registry until the
+//! pod runs out of memory. A destination the mesh does not know is labelled [`UNKNOWN`].
 
 use std::{
     sync::{Arc, Mutex},
@@ -22,6 +25,10 @@ use prometheus::{
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// The `authority` of a request whose destination the mesh does not know (or, inbound, whose local
+/// port serves no service discovery names): one bucket for everything else.
+pub const UNKNOWN: &str = "unknown";
 
 pub const REQUEST_LABELS: &[&str] = &[
     "direction", "authority", "dst_service", "dst_namespace", "status_code", "grpc_status", "outcome", "tls",

@@ -75,7 +75,8 @@ pub fn status_in_trailers(headers: &HeaderMap) -> bool {
 /// [`Labels`], owned, for a response recorded at its end.
 pub struct OwnedLabels {
     pub direction: &'static str,
-    pub authority: Arc<str>,
+    /// `None`: [`crate::metrics::UNKNOWN`].
+    pub authority: Option<Arc<str>>,
     pub dst_service: Option<Arc<str>>,
     pub dst_namespace: Option<Arc<str>>,
     pub tls: &'static str,
@@ -106,7 +107,7 @@ impl Deferred {
         let l = &w.labels;
         let labels = Labels {
             direction: l.direction,
-            authority: &l.authority,
+            authority: l.authority.as_deref().unwrap_or(crate::metrics::UNKNOWN),
             dst_service: l.dst_service.as_deref().unwrap_or(""),
             dst_namespace: l.dst_namespace.as_deref().unwrap_or(""),
             tls: l.tls,
@@ -145,7 +146,7 @@ mod tests {
         let m = Metrics::new();
         let labels = || OwnedLabels {
             direction: "outbound",
-            authority: Arc::from("grpc.demo:9090"),
+            authority: Some(Arc::from("grpc.demo:9090")),
             dst_service: None,
             dst_namespace: None,
             tls: "false",

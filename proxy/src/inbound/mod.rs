@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Config, InboundMode},
+    discover::{Discovery, ServiceProfile},
     tls::{Tls, peer_identity},
     detect::{self, Detected},
     drain::{self, Drain},
@@ -58,6 +59,8 @@ pub struct Inbound {
     metrics: Metrics,
     drain: Drain,
     tls: Option<Arc<Tls>>,
+    /// What the workload serves on each port: the labels of its requests.
+    discovery: Discovery,
 }
 
 impl Inbound {
@@ -67,10 +70,11 @@ impl Inbound {
         drain: Drain,
         tls: Option<Arc<Tls>>,
         policy: Option<watch::Receiver<Arc<pb::InboundPolicy>>>,
+        discovery: Discovery,
     ) -> Arc<Self> {
         // Towards the local application only: never mesh TLS.
         let clients = Clients::new(cfg.connect_timeout, None, metrics.clone());
-        Arc::new(Inbound { policy, cfg, clients, metrics, drain, tls })
+        Arc::new(Inbound { policy, cfg, clients, metrics, drain, tls, discovery })
     }
 
     /// Strict when the environment or the controller's policy for this workload says so.
@@ -222,7 +226,9 @@ impl Inbound {
         version: Detected,
         watch: &drain::Watch,
     ) {
-        let h = Handler { ib: self.clone(), local, peer_id };
+        // Once per connection: the service this port serves names its requests in the metrics.
+        let service = self.discovery.local_service(local.port());
+        let h = Handler { ib: self.clone(), local, peer_id, service };
         let svc = hyper::service::service_fn(move |r| h.clone().handle(r));
         if version == Detected::Http2 {
             server::serve_h2(io, svc, watch).await
@@ -360,6 +366,8 @@ struct Handler {
     local: SocketAddr,
     /// The client proxy's verified identity, when the connection is mesh TLS.
     peer_id: Option<Arc<str>>,
+    /// The service of this workload on `local`'s port, from discovery (`None`: `unknown`).
+    service: Option<Arc<ServiceProfile>>,
 }
 
 impl Handler {
@@ -383,11 +391,13 @@ impl Handler {
             .unwrap_or_default();
 
         let result = self.forward(req, orig_h1, &authority).await;
+        // The service discovery says this port serves, never the Host the client wrote.
+        let svc = self.service.as_deref();
         let labels = Labels {
             direction: DIRECTION,
-            authority: &authority,
-            dst_service: "",
-            dst_namespace: "",
+            authority: svc.map_or(crate::metrics::UNKNOWN, |s| &s.authority),
+            dst_service: svc.map_or("", |s| &s.name),
+            dst_namespace: svc.map_or("", |s| &s.namespace),
             tls: if self.peer_id.is_some() { "true" } else { "false" },
             peer_id: self.peer_id.as_deref().unwrap_or(""),
         };
@@ -397,9 +407,9 @@ impl Handler {
                 let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
                     let owned = OwnedLabels {
                         direction: DIRECTION,
-                        authority: Arc::from(authority.as_str()),
-                        dst_service: None,
-                        dst_namespace: None,
+                        authority: svc.map(|s| s.authority.clone()),
+                        dst_service: svc.map(|s| s.name.clone()),
+                        dst_namespace: svc.map(|s| s.namespace.clone()),
                         tls: if peer_tls { "true" } else { "false" },
                         peer_id: self.peer_id.clone(),
                     };

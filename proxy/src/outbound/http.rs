@@ -66,12 +66,14 @@ impl Handler {
         // The application never gets to set the identity header the inbound side vouches for.
         req.headers_mut().remove(headers::CLIENT_ID);
 
+        // Labels name what the mesh resolved, never the authority the client wrote: a destination
+        // outside the mesh is `unknown`, so random hosts cannot grow the registry.
         let (result, labels_authority, peer) = match &profile {
             Some(p) => {
                 let (r, peer) = self.to_service(req, p, &authority).await;
                 (r, &*p.authority, peer)
             }
-            None => (self.passthrough(req, &authority).await, authority.as_str(), None),
+            None => (self.passthrough(req, &authority).await, crate::metrics::UNKNOWN, None),
         };
         let labels = Labels {
             direction: DIRECTION,
@@ -87,7 +89,7 @@ impl Handler {
                 let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
                     let owned = OwnedLabels {
                         direction: DIRECTION,
-                        authority: profile.as_ref().map_or_else(|| Arc::from(authority.as_str()), |p| p.authority.clone()),
+                        authority: profile.as_ref().map(|p| p.authority.clone()),
                         dst_service: profile.as_ref().map(|p| p.name.clone()),
                         dst_namespace: profile.as_ref().map(|p| p.namespace.clone()),
                         tls: if peer_tls { "true" } else { "false" },
