@@ -30,12 +30,19 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// port serves no service discovery names): one bucket for everything else.
 pub const UNKNOWN: &str = "unknown";
 
+/// The labels of `strait_requests_total`. New ones are only appended, so dashboards and
+/// `strait stat` keep working: `src_workload`/`src_namespace` (outbound: this proxy's own
+/// workload; inbound: the namespace of the peer's verified identity), `dst_workload` (the
+/// endpoint's workload from discovery; inbound: this proxy's own) and `route` (the service
+/// profile's route that matched, empty when none did).
 pub const REQUEST_LABELS: &[&str] = &[
     "direction", "authority", "dst_service", "dst_namespace", "status_code", "grpc_status", "outcome", "tls",
-    "peer_id",
+    "peer_id", "src_workload", "src_namespace", "dst_workload", "route",
 ];
-pub const DURATION_LABELS: &[&str] =
-    &["direction", "authority", "dst_service", "dst_namespace", "outcome", "tls", "peer_id"];
+pub const DURATION_LABELS: &[&str] = &[
+    "direction", "authority", "dst_service", "dst_namespace", "outcome", "tls", "peer_id", "src_workload",
+    "src_namespace", "dst_workload", "route",
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -68,6 +75,10 @@ pub struct Metrics {
     pub circuit_ejections: IntCounterVec,
     pub bulkhead_in_flight: IntGaugeVec,
     pub bulkhead_rejected: IntCounterVec,
+    /// `strait_metrics_series`, alone in its registry: set at each scrape from the count of the
+    /// main registry's series, then encoded after them.
+    series: IntGauge,
+    series_registry: Registry,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -196,7 +207,16 @@ impl Metrics {
             "When the proxy's current certificate expires (Unix seconds).",
         ));
         must(registry.register(Box::new(identity_expiry.clone())));
+        let series_registry = Registry::new();
+        let series = must(IntGauge::new(
+            "strait_metrics_series",
+            "Series this proxy's /metrics exposes (this one included), counted at each scrape: flat unless \
+             something grows the label sets.",
+        ));
+        must(series_registry.register(Box::new(series.clone())));
         Metrics {
+            series,
+            series_registry,
             registry,
             tls_handshakes,
             identity_certify,
@@ -246,6 +266,12 @@ impl Metrics {
         if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "encoding metrics");
         }
+        // Every line that is not a comment is a series; plus this gauge's own.
+        let lines = buf.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+        self.series.set(lines as i64 + 1);
+        if let Err(e) = enc.encode_utf8(&self.series_registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
         buf
     }
 }
@@ -263,5 +289,14 @@ mod tests {
         let m = super::Metrics::new();
         m.tcp_opened.with_label_values(&["outbound"]).inc();
         assert!(m.encode().contains("strait_tcp_connections_opened_total{direction=\"outbound\"} 1"));
+    }
+
+    #[test]
+    fn the_series_gauge_counts_every_series_of_the_scrape() {
+        let m = super::Metrics::new();
+        m.tcp_opened.with_label_values(&["inbound"]).inc();
+        let text = m.encode();
+        let lines = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+        assert!(text.contains(&format!("\nstrait_metrics_series {lines}\n")), "{text}");
     }
 }

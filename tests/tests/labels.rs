@@ -207,4 +207,21 @@ services:
             >= requests() as f64,
         "passthrough requests share the `unknown` authority\n{text}"
     );
+
+    // The labels added to the old ones: the source is this proxy's own workload (outbound), the
+    // destination workload the one behind the inbound proxy.
+    assert!(
+        metrics::value(&text, "strait_requests_total", &[("src_workload", "client"), ("src_namespace", "demo")])
+            >= requests() as f64,
+        "outbound requests carry the proxy's own workload as their source\n{text}"
+    );
+    let text = b.metrics().await;
+    assert!(
+        metrics::value(&text, "strait_requests_total", &[("direction", "inbound"), ("dst_workload", "server")])
+            >= requests() as f64,
+        "inbound requests carry the proxy's own workload as their destination\n{text}"
+    );
+    // The series gauge counts what the scrape shows.
+    let gauge = metrics::value(&text, "strait_metrics_series", &[]);
+    assert_eq!(gauge, series_count(&text) as f64, "strait_metrics_series\n{text}");
 }

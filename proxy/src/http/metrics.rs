@@ -17,6 +17,10 @@ pub struct Labels<'a> {
     pub dst_namespace: &'a str,
     pub tls: &'a str,
     pub peer_id: &'a str,
+    pub src_workload: &'a str,
+    pub src_namespace: &'a str,
+    pub dst_workload: &'a str,
+    pub route: &'a str,
 }
 
 pub enum Outcome<'a> {
@@ -54,10 +58,26 @@ pub fn record(m: &Metrics, l: &Labels<'_>, outcome: &Outcome<'_>, elapsed: Durat
             outcome_label,
             l.tls,
             l.peer_id,
+            l.src_workload,
+            l.src_namespace,
+            l.dst_workload,
+            l.route,
         ])
         .inc();
     m.request_duration
-        .with_label_values(&[l.direction, l.authority, l.dst_service, l.dst_namespace, outcome_label, l.tls, l.peer_id])
+        .with_label_values(&[
+            l.direction,
+            l.authority,
+            l.dst_service,
+            l.dst_namespace,
+            outcome_label,
+            l.tls,
+            l.peer_id,
+            l.src_workload,
+            l.src_namespace,
+            l.dst_workload,
+            l.route,
+        ])
         .observe(elapsed.as_secs_f64());
 }
 
@@ -81,6 +101,10 @@ pub struct OwnedLabels {
     pub dst_namespace: Option<Arc<str>>,
     pub tls: &'static str,
     pub peer_id: Option<Arc<str>>,
+    pub src_workload: Option<Arc<str>>,
+    pub src_namespace: Option<Arc<str>>,
+    pub dst_workload: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
 }
 
 /// A response's metrics, waiting for its trailers. Recorded once: by [`Deferred::finish`] when the
@@ -112,6 +136,10 @@ impl Deferred {
             dst_namespace: l.dst_namespace.as_deref().unwrap_or(""),
             tls: l.tls,
             peer_id: l.peer_id.as_deref().unwrap_or(""),
+            src_workload: l.src_workload.as_deref().unwrap_or(""),
+            src_namespace: l.src_namespace.as_deref().unwrap_or(""),
+            dst_workload: l.dst_workload.as_deref().unwrap_or(""),
+            route: l.route.as_deref().unwrap_or(""),
         };
         let outcome = Outcome::Response { status: w.status, grpc_status, broken: body_failed };
         record(&w.metrics, &labels, &outcome, w.elapsed);
@@ -151,6 +179,10 @@ mod tests {
             dst_namespace: None,
             tls: "false",
             peer_id: None,
+            src_workload: None,
+            src_namespace: None,
+            dst_workload: None,
+            route: None,
         };
         Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)).finish(None, true);
         Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)).finish(Some("99"), false);
