@@ -18,7 +18,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use strait_tests::{ProxyHandle, TestDir, free_addr, free_port, metrics, proxy_named, testsrv_in};
+use strait_tests::{ProxyHandle, TestDir, free_addr, free_port, http_get_via_proxy, metrics, proxy_named, testsrv_in};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 /// Clients sending at once, each on its own keep-alive connection.
@@ -208,6 +208,19 @@ services:
         "passthrough requests share the `unknown` authority\n{text}"
     );
 
+    // A meshed request: the endpoint's workload, from discovery, is its destination.
+    let rsp = http_get_via_proxy(a.outbound, "http://web.demo:8080/").await.expect("a meshed request");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let text = a.metrics().await;
+    assert_eq!(
+        metrics::value(
+            &text,
+            "strait_requests_total",
+            &[("authority", "web.demo:8080"), ("dst_workload", "server"), ("src_workload", "client"), ("route", "")]
+        ),
+        1.0,
+        "a meshed request is labelled with its endpoint's workload\n{text}"
+    );
     // The labels added to the old ones: the source is this proxy's own workload (outbound), the
     // destination workload the one behind the inbound proxy.
     assert!(
