@@ -1,6 +1,9 @@
 //! Golden metrics (DESIGN §6), registered once and shared by every stage.
 //!
-//! Label values are bounded: service names, status codes, directions; never paths or request ids.
+//! Label values are bounded: every one comes from the mesh (discovery, the proxy's own
+//! configuration, a verified peer identity) or from a fixed set (directions, status codes,
+//! outcomes), never from what a client wrote: a random `Host` must not grow the registry until the
+//! pod runs out of memory. A destination the mesh does not know is labelled [`UNKNOWN`].
 
 use std::{
     sync::{Arc, Mutex},
@@ -23,12 +26,23 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The `authority` of a request whose destination the mesh does not know (or, inbound, whose local
+/// port serves no service discovery names): one bucket for everything else.
+pub const UNKNOWN: &str = "unknown";
+
+/// The labels of `strait_requests_total`. New ones are only appended, so dashboards and
+/// `strait stat` keep working: `src_workload`/`src_namespace` (outbound: this proxy's own
+/// workload; inbound: the namespace of the peer's verified identity), `dst_workload` (the
+/// endpoint's workload from discovery; inbound: this proxy's own) and `route` (the service
+/// profile's route that matched, empty when none did).
 pub const REQUEST_LABELS: &[&str] = &[
     "direction", "authority", "dst_service", "dst_namespace", "status_code", "grpc_status", "outcome", "tls",
-    "peer_id",
+    "peer_id", "src_workload", "src_namespace", "dst_workload", "route",
 ];
-pub const DURATION_LABELS: &[&str] =
-    &["direction", "authority", "dst_service", "dst_namespace", "outcome", "tls", "peer_id"];
+pub const DURATION_LABELS: &[&str] = &[
+    "direction", "authority", "dst_service", "dst_namespace", "outcome", "tls", "peer_id", "src_workload",
+    "src_namespace", "dst_workload", "route",
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -61,6 +75,10 @@ pub struct Metrics {
     pub circuit_ejections: IntCounterVec,
     pub bulkhead_in_flight: IntGaugeVec,
     pub bulkhead_rejected: IntCounterVec,
+    /// `strait_metrics_series`, alone in its registry: set at each scrape from the count of the
+    /// main registry's series, then encoded after them.
+    series: IntGauge,
+    series_registry: Registry,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -189,7 +207,16 @@ impl Metrics {
             "When the proxy's current certificate expires (Unix seconds).",
         ));
         must(registry.register(Box::new(identity_expiry.clone())));
+        let series_registry = Registry::new();
+        let series = must(IntGauge::new(
+            "strait_metrics_series",
+            "Series this proxy's /metrics exposes (this one included), counted at each scrape: flat unless \
+             something grows the label sets.",
+        ));
+        must(series_registry.register(Box::new(series.clone())));
         Metrics {
+            series,
+            series_registry,
             registry,
             tls_handshakes,
             identity_certify,
@@ -239,6 +266,12 @@ impl Metrics {
         if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "encoding metrics");
         }
+        // Every line that is not a comment is a series; plus this gauge's own.
+        let lines = buf.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+        self.series.set(lines as i64 + 1);
+        if let Err(e) = enc.encode_utf8(&self.series_registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
         buf
     }
 }
@@ -256,5 +289,14 @@ mod tests {
         let m = super::Metrics::new();
         m.tcp_opened.with_label_values(&["outbound"]).inc();
         assert!(m.encode().contains("strait_tcp_connections_opened_total{direction=\"outbound\"} 1"));
+    }
+
+    #[test]
+    fn the_series_gauge_counts_every_series_of_the_scrape() {
+        let m = super::Metrics::new();
+        m.tcp_opened.with_label_values(&["inbound"]).inc();
+        let text = m.encode();
+        let lines = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+        assert!(text.contains(&format!("\nstrait_metrics_series {lines}\n")), "{text}");
     }
 }

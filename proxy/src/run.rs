@@ -63,10 +63,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     match &cfg.discovery {
         DiscoverySource::File(path) => {
-            discovery.replace(static_file::load(path, &cfg.namespace)?);
+            discovery.replace(static_file::load(path, &cfg.namespace, &cfg.workload)?);
             metrics.discovery_connected.set(1);
             metrics.discovery_current();
-            tokio::spawn(watch_file(path.clone(), cfg.namespace.clone(), discovery.clone(), metrics.clone()));
+            tokio::spawn(watch_file(path.clone(), cfg.clone(), discovery.clone(), metrics.clone()));
         }
         DiscoverySource::Controller(addr) => {
             let who = Identity {
@@ -111,6 +111,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         drain.clone(),
         tls.clone(),
         discovery.remote_client().map(|c| c.inbound_policy()),
+        discovery.clone(),
     );
     let ob_tasks: Vec<_> = outbound_ls.into_iter().map(|l| tokio::spawn(outbound.clone().serve(l))).collect();
     let ib_tasks: Vec<_> = inbound_ls.into_iter().map(|l| tokio::spawn(inbound.clone().serve(l))).collect();
@@ -200,7 +201,7 @@ async fn wait_for_stop(drain: &Drain) {
 }
 
 /// Reloads a static mesh file when it changes; a bad edit is reported and the last good table kept.
-async fn watch_file(path: std::path::PathBuf, namespace: String, discovery: Discovery, metrics: Metrics) {
+async fn watch_file(path: std::path::PathBuf, cfg: Arc<Config>, discovery: Discovery, metrics: Metrics) {
     let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut last: Option<SystemTime> = stamp(&path);
     loop {
@@ -210,7 +211,7 @@ async fn watch_file(path: std::path::PathBuf, namespace: String, discovery: Disc
             continue;
         }
         last = now;
-        match static_file::load(&path, &namespace) {
+        match static_file::load(&path, &cfg.namespace, &cfg.workload) {
             Ok(t) => {
                 discovery.replace(t);
                 metrics.discovery_updates.with_label_values(&["applied"]).inc();

@@ -31,6 +31,9 @@ pub struct Table {
     /// `host:port`, host lower-case, for every accepted name form.
     by_name: HashMap<String, Arc<ServiceProfile>>,
     by_addr: HashMap<SocketAddr, Arc<ServiceProfile>>,
+    /// The services this proxy's own workload serves, by the workload's port: what the inbound
+    /// side labels its requests with (never the `Host` a client wrote).
+    by_local_port: HashMap<u16, Arc<ServiceProfile>>,
 }
 
 impl Table {
@@ -40,6 +43,12 @@ impl Table {
 
     pub fn insert_addr(&mut self, addr: SocketAddr, profile: Arc<ServiceProfile>) {
         self.by_addr.insert(addr, profile);
+    }
+
+    /// Records that the proxy's own workload serves `profile` on `port`; the first service named
+    /// for a port keeps it (two Services selecting one container port are one set of requests).
+    pub fn insert_local(&mut self, port: u16, profile: Arc<ServiceProfile>) {
+        self.by_local_port.entry(port).or_insert(profile);
     }
 
     pub fn len(&self) -> usize {
@@ -116,6 +125,14 @@ impl Discovery {
             return Some(p.clone());
         }
         normal.parse::<SocketAddr>().ok().and_then(|a| table.by_addr.get(&a).cloned())
+    }
+
+    /// The service the proxy's own workload serves on its `port`, when discovery says: the mesh file
+    /// does; the controller's inbound policy does not carry it yet, so with a controller the
+    /// inbound side's requests are labelled `unknown`.
+    pub fn local_service(&self, port: u16) -> Option<Arc<ServiceProfile>> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.by_local_port.get(&port).cloned()
     }
 
     /// Resolves a connection's original destination (a Service's cluster IP and port).

@@ -19,18 +19,21 @@ pub enum StaticError {
     Profile { path: String, service: String, source: super::profile::ProfileError },
 }
 
-pub fn load(path: &Path, namespace: &str) -> Result<Table, StaticError> {
+/// The table for the proxy of `workload` in `namespace`.
+pub fn load(path: &Path, namespace: &str, workload: &str) -> Result<Table, StaticError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| StaticError::Read { path: p.clone(), source })?;
     let mesh = MeshFile::parse(&text).map_err(|source| StaticError::Parse { path: p.clone(), source })?;
-    table(&mesh, namespace, "cluster.local")
+    table(&mesh, namespace, workload, "cluster.local")
         .map_err(|(service, source)| StaticError::Profile { path: p, service, source })
 }
 
-/// Builds the table for a proxy in `namespace`: every service port under every authority form.
+/// Builds the table for the proxy of `workload` in `namespace`: every service port under every
+/// authority form, and the services its own workload serves by the workload's port.
 pub fn table(
     mesh: &MeshFile,
     namespace: &str,
+    workload: &str,
     cluster_domain: &str,
 ) -> Result<Table, (String, super::profile::ProfileError)> {
     let mut t = Table::default();
@@ -53,6 +56,12 @@ pub fn table(
             }
             if let Some(ip) = svc.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()) {
                 t.insert_addr(SocketAddr::new(ip, p), profile.clone());
+            }
+            if ns == namespace && !workload.is_empty() {
+                let own = svc.endpoints.iter().filter(|e| e.workload.as_deref() == Some(workload));
+                for e in own.filter_map(|e| e.address.parse::<SocketAddr>().ok()) {
+                    t.insert_local(port.target_port.unwrap_or(e.port()), profile.clone());
+                }
             }
         }
     }
@@ -145,7 +154,7 @@ services:
         )
         .unwrap();
         let d = Discovery::new();
-        d.replace(table(&mesh, "demo", "cluster.local").unwrap());
+        d.replace(table(&mesh, "demo", "", "cluster.local").unwrap());
         for a in ["orders.demo.svc.cluster.local:8080", "orders.demo.svc:8080", "orders.demo:8080", "orders:8080", "ORDERS.demo.:8080"] {
             let p = d.resolve_authority(a).unwrap_or_else(|| panic!("{a}"));
             assert_eq!(&*p.name, "orders");
@@ -156,7 +165,7 @@ services:
         assert!(d.resolve_authority("orders.other:8080").is_none());
 
         let other = Discovery::new();
-        other.replace(table(&mesh, "elsewhere", "cluster.local").unwrap());
+        other.replace(table(&mesh, "elsewhere", "", "cluster.local").unwrap());
         assert!(other.resolve_authority("orders:8080").is_none());
     }
 }

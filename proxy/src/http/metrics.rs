@@ -17,6 +17,10 @@ pub struct Labels<'a> {
     pub dst_namespace: &'a str,
     pub tls: &'a str,
     pub peer_id: &'a str,
+    pub src_workload: &'a str,
+    pub src_namespace: &'a str,
+    pub dst_workload: &'a str,
+    pub route: &'a str,
 }
 
 pub enum Outcome<'a> {
@@ -54,10 +58,26 @@ pub fn record(m: &Metrics, l: &Labels<'_>, outcome: &Outcome<'_>, elapsed: Durat
             outcome_label,
             l.tls,
             l.peer_id,
+            l.src_workload,
+            l.src_namespace,
+            l.dst_workload,
+            l.route,
         ])
         .inc();
     m.request_duration
-        .with_label_values(&[l.direction, l.authority, l.dst_service, l.dst_namespace, outcome_label, l.tls, l.peer_id])
+        .with_label_values(&[
+            l.direction,
+            l.authority,
+            l.dst_service,
+            l.dst_namespace,
+            outcome_label,
+            l.tls,
+            l.peer_id,
+            l.src_workload,
+            l.src_namespace,
+            l.dst_workload,
+            l.route,
+        ])
         .observe(elapsed.as_secs_f64());
 }
 
@@ -75,11 +95,16 @@ pub fn status_in_trailers(headers: &HeaderMap) -> bool {
 /// [`Labels`], owned, for a response recorded at its end.
 pub struct OwnedLabels {
     pub direction: &'static str,
-    pub authority: Arc<str>,
+    /// `None`: [`crate::metrics::UNKNOWN`].
+    pub authority: Option<Arc<str>>,
     pub dst_service: Option<Arc<str>>,
     pub dst_namespace: Option<Arc<str>>,
     pub tls: &'static str,
     pub peer_id: Option<Arc<str>>,
+    pub src_workload: Option<Arc<str>>,
+    pub src_namespace: Option<Arc<str>>,
+    pub dst_workload: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
 }
 
 /// A response's metrics, waiting for its trailers. Recorded once: by [`Deferred::finish`] when the
@@ -106,11 +131,15 @@ impl Deferred {
         let l = &w.labels;
         let labels = Labels {
             direction: l.direction,
-            authority: &l.authority,
+            authority: l.authority.as_deref().unwrap_or(crate::metrics::UNKNOWN),
             dst_service: l.dst_service.as_deref().unwrap_or(""),
             dst_namespace: l.dst_namespace.as_deref().unwrap_or(""),
             tls: l.tls,
             peer_id: l.peer_id.as_deref().unwrap_or(""),
+            src_workload: l.src_workload.as_deref().unwrap_or(""),
+            src_namespace: l.src_namespace.as_deref().unwrap_or(""),
+            dst_workload: l.dst_workload.as_deref().unwrap_or(""),
+            route: l.route.as_deref().unwrap_or(""),
         };
         let outcome = Outcome::Response { status: w.status, grpc_status, broken: body_failed };
         record(&w.metrics, &labels, &outcome, w.elapsed);
@@ -145,11 +174,15 @@ mod tests {
         let m = Metrics::new();
         let labels = || OwnedLabels {
             direction: "outbound",
-            authority: Arc::from("grpc.demo:9090"),
+            authority: Some(Arc::from("grpc.demo:9090")),
             dst_service: None,
             dst_namespace: None,
             tls: "false",
             peer_id: None,
+            src_workload: None,
+            src_namespace: None,
+            dst_workload: None,
+            route: None,
         };
         Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)).finish(None, true);
         Deferred::new(&m, labels(), StatusCode::OK, Duration::from_millis(1)).finish(Some("99"), false);

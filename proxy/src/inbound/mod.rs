@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Config, InboundMode},
+    discover::{Discovery, ServiceProfile},
     tls::{Tls, peer_identity},
     detect::{self, Detected},
     drain::{self, Drain},
@@ -58,6 +59,10 @@ pub struct Inbound {
     metrics: Metrics,
     drain: Drain,
     tls: Option<Arc<Tls>>,
+    /// What the workload serves on each port: the labels of its requests.
+    discovery: Discovery,
+    /// This proxy's own workload (`STRAIT_WORKLOAD`): the `dst_workload` of its requests.
+    workload: Arc<str>,
 }
 
 impl Inbound {
@@ -67,10 +72,12 @@ impl Inbound {
         drain: Drain,
         tls: Option<Arc<Tls>>,
         policy: Option<watch::Receiver<Arc<pb::InboundPolicy>>>,
+        discovery: Discovery,
     ) -> Arc<Self> {
         // Towards the local application only: never mesh TLS.
         let clients = Clients::new(cfg.connect_timeout, None, metrics.clone());
-        Arc::new(Inbound { policy, cfg, clients, metrics, drain, tls })
+        let workload = Arc::from(cfg.workload.as_str());
+        Arc::new(Inbound { policy, cfg, clients, metrics, drain, tls, discovery, workload })
     }
 
     /// Strict when the environment or the controller's policy for this workload says so.
@@ -222,7 +229,10 @@ impl Inbound {
         version: Detected,
         watch: &drain::Watch,
     ) {
-        let h = Handler { ib: self.clone(), local, peer_id };
+        // Once per connection: the service this port serves names its requests in the metrics.
+        let service = self.discovery.local_service(local.port());
+        let src_namespace = peer_id.as_deref().and_then(identity_namespace).map(Arc::from);
+        let h = Handler { ib: self.clone(), local, peer_id, service, src_namespace };
         let svc = hyper::service::service_fn(move |r| h.clone().handle(r));
         if version == Detected::Http2 {
             server::serve_h2(io, svc, watch).await
@@ -360,6 +370,10 @@ struct Handler {
     local: SocketAddr,
     /// The client proxy's verified identity, when the connection is mesh TLS.
     peer_id: Option<Arc<str>>,
+    /// The service of this workload on `local`'s port, from discovery (`None`: `unknown`).
+    service: Option<Arc<ServiceProfile>>,
+    /// The namespace in the peer's verified identity (`None` without mesh TLS).
+    src_namespace: Option<Arc<str>>,
 }
 
 impl Handler {
@@ -383,13 +397,21 @@ impl Handler {
             .unwrap_or_default();
 
         let result = self.forward(req, orig_h1, &authority).await;
+        // The service discovery says this port serves, never the Host the client wrote.
+        let svc = self.service.as_deref();
         let labels = Labels {
             direction: DIRECTION,
-            authority: &authority,
-            dst_service: "",
-            dst_namespace: "",
+            authority: svc.map_or(crate::metrics::UNKNOWN, |s| &s.authority),
+            dst_service: svc.map_or("", |s| &s.name),
+            dst_namespace: svc.map_or("", |s| &s.namespace),
             tls: if self.peer_id.is_some() { "true" } else { "false" },
             peer_id: self.peer_id.as_deref().unwrap_or(""),
+            // The transport header names no source workload (yet): the peer's identity, in
+            // `peer_id` and `src_namespace`, is what is verified.
+            src_workload: "",
+            src_namespace: self.src_namespace.as_deref().unwrap_or(""),
+            dst_workload: &self.ib.workload,
+            route: "",
         };
         let rsp = match result {
             Ok(mut rsp) => {
@@ -397,11 +419,15 @@ impl Handler {
                 let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
                     let owned = OwnedLabels {
                         direction: DIRECTION,
-                        authority: Arc::from(authority.as_str()),
-                        dst_service: None,
-                        dst_namespace: None,
+                        authority: svc.map(|s| s.authority.clone()),
+                        dst_service: svc.map(|s| s.name.clone()),
+                        dst_namespace: svc.map(|s| s.namespace.clone()),
                         tls: if peer_tls { "true" } else { "false" },
                         peer_id: self.peer_id.clone(),
+                        src_workload: None,
+                        src_namespace: self.src_namespace.clone(),
+                        dst_workload: Some(self.ib.workload.clone()),
+                        route: None,
                     };
                     Deferred::new(&self.ib.metrics, owned, rsp.status(), start.elapsed())
                 });
@@ -453,10 +479,30 @@ impl Handler {
     }
 }
 
+/// The namespace of a mesh identity, `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+fn identity_namespace(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let rest = path.strip_prefix("ns/")?;
+    let (ns, sa) = rest.split_once("/sa/")?;
+    (!ns.is_empty() && !ns.contains('/') && !sa.is_empty()).then_some(ns)
+}
+
 /// An IPv4 address that reached an IPv6 socket as `::ffff:a.b.c.d`, as the IPv4 address it is.
 fn unmapped(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_source_namespace_is_read_from_the_identity_only() {
+        let ns = super::identity_namespace;
+        assert_eq!(ns("spiffe://cluster.local/ns/demo/sa/web"), Some("demo"));
+        assert_eq!(ns("spiffe://cluster.local/ns//sa/web"), None);
+        assert_eq!(ns("spiffe://cluster.local/ns/a/b/sa/web"), None);
+        assert_eq!(ns("https://cluster.local/ns/demo/sa/web"), None);
     }
 }

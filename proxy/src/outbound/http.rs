@@ -65,13 +65,17 @@ impl Handler {
         };
         // The application never gets to set the identity header the inbound side vouches for.
         req.headers_mut().remove(headers::CLIENT_ID);
+        // The route discovery defines for this request (its name, never its path, is the label).
+        let route = profile.as_ref().and_then(|p| p.route(&req)).cloned();
 
-        let (result, labels_authority, peer) = match &profile {
+        // Labels name what the mesh resolved, never the authority the client wrote: a destination
+        // outside the mesh is `unknown`, so random hosts cannot grow the registry.
+        let (result, labels_authority, peer, dst_workload) = match &profile {
             Some(p) => {
-                let (r, peer) = self.to_service(req, p, &authority).await;
-                (r, &*p.authority, peer)
+                let (r, peer, workload) = self.to_service(req, p, &authority).await;
+                (r, &*p.authority, peer, workload)
             }
-            None => (self.passthrough(req, &authority).await, authority.as_str(), None),
+            None => (self.passthrough(req, &authority).await, crate::metrics::UNKNOWN, None, None),
         };
         let labels = Labels {
             direction: DIRECTION,
@@ -80,6 +84,10 @@ impl Handler {
             dst_namespace: profile.as_ref().map_or("", |p| &p.namespace),
             tls: if peer.is_some() { "true" } else { "false" },
             peer_id: peer.as_deref().unwrap_or(""),
+            src_workload: &self.ob.src_workload,
+            src_namespace: &self.ob.src_namespace,
+            dst_workload: dst_workload.as_deref().unwrap_or(""),
+            route: route.as_deref().map_or("", |r| r),
         };
         let rsp = match result {
             Ok(mut rsp) => {
@@ -87,11 +95,15 @@ impl Handler {
                 let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
                     let owned = OwnedLabels {
                         direction: DIRECTION,
-                        authority: profile.as_ref().map_or_else(|| Arc::from(authority.as_str()), |p| p.authority.clone()),
+                        authority: profile.as_ref().map(|p| p.authority.clone()),
                         dst_service: profile.as_ref().map(|p| p.name.clone()),
                         dst_namespace: profile.as_ref().map(|p| p.namespace.clone()),
                         tls: if peer_tls { "true" } else { "false" },
                         peer_id: peer.clone(),
+                        src_workload: Some(self.ob.src_workload.clone()),
+                        src_namespace: Some(self.ob.src_namespace.clone()),
+                        dst_workload: dst_workload.clone(),
+                        route: route.clone(),
                     };
                     Deferred::new(&self.ob.metrics, owned, rsp.status(), start.elapsed())
                 });
@@ -120,22 +132,22 @@ impl Handler {
     }
 
     /// Through the service's resilience stack to one of its endpoints; also returns the identity
-    /// the endpoint proved when the hop is mesh TLS.
+    /// the endpoint proved when the hop is mesh TLS, and the endpoint's workload.
     async fn to_service(
         &self,
         mut req: Request,
         p: &Arc<ServiceProfile>,
         authority: &str,
-    ) -> (Result<Upstream, ProxyError>, Option<Arc<str>>) {
+    ) -> (Result<Upstream, ProxyError>, Option<Arc<str>>, Option<Arc<str>>) {
         let logical = self.ob.logicals.get(p, &self.ob.metrics);
         if headers::is_upgrade(req.headers()) {
             // An upgrade becomes a byte stream: balanced, but never retried or timed out.
             let pick = match logical.balancer.pick(false, None) {
                 Ok(p) => p,
-                Err(e) => return (Err(e), None),
+                Err(e) => return (Err(e), None, None),
             };
             let r = self.to_endpoint(req, &pick.state.endpoint, authority).await;
-            return (r, None);
+            return (r, None, pick.state.endpoint.workload.clone());
         }
         // Rewritten once for every attempt: the HTTP/2 hop to the peer proxy.
         if req.version() != Version::HTTP_2 {
@@ -145,13 +157,13 @@ impl Handler {
         let host = req.headers_mut().remove(header::HOST);
         match absolute(req.uri(), host.as_ref(), authority) {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return (Err(e), None),
+            Err(e) => return (Err(e), None, None),
         }
         let sent = logical
             .call(req, &self.ob.metrics, |req, ep| async move { self.to_endpoint(req, &ep.endpoint, authority).await })
             .await;
         let peer = sent.peer.filter(|id| self.ob.clients.uses_tls(Some(id)));
-        (sent.result, peer)
+        (sent.result, peer, sent.workload)
     }
 
     async fn to_endpoint(&self, mut req: Request, ep: &crate::discover::Endpoint, authority: &str) -> Result<Upstream, ProxyError> {

@@ -31,6 +31,10 @@ pub struct Outbound {
     pub(crate) dns: crate::dns::Dns,
     pub(crate) metrics: Metrics,
     pub(crate) drain: Drain,
+    /// This proxy's own workload and namespace (`STRAIT_WORKLOAD`, `STRAIT_NAMESPACE`): the
+    /// source labels of every outbound request, made once.
+    pub(crate) src_workload: Arc<str>,
+    pub(crate) src_namespace: Arc<str>,
 }
 
 /// Where the client meant its connection to go, before any request says more.
@@ -57,6 +61,8 @@ impl Outbound {
     ) -> Arc<Self> {
         let clients = Clients::new(cfg.connect_timeout, tls, metrics.clone());
         Arc::new(Outbound {
+            src_workload: Arc::from(cfg.workload.as_str()),
+            src_namespace: Arc::from(cfg.namespace.as_str()),
             cfg,
             discovery,
             clients,

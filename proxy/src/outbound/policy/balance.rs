@@ -234,7 +234,7 @@ mod tests {
     use super::*;
 
     fn ep(port: u16) -> Endpoint {
-        Endpoint { addr: ([127, 0, 0, 1], port).into(), proxy: None, identity: None, weight: 1 }
+        Endpoint { addr: ([127, 0, 0, 1], port).into(), proxy: None, identity: None, workload: None, weight: 1 }
     }
 
     #[test]

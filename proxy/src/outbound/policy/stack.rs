@@ -65,6 +65,8 @@ pub struct Sent {
     pub result: Result<Upstream, ProxyError>,
     /// The identity the endpoint that answered proved (mesh TLS), for metrics.
     pub peer: Option<Arc<str>>,
+    /// The workload of the endpoint that answered, when discovery names it, for metrics.
+    pub workload: Option<Arc<str>>,
 }
 
 impl Logical {
@@ -127,17 +129,17 @@ impl Logical {
         Fut: Future<Output = Result<Upstream, ProxyError>>,
     {
         let Some((policy, budget, bulkhead)) = self.current() else {
-            return Sent { result: Err(ProxyError::NoEndpoints), peer: None };
+            return Sent { result: Err(ProxyError::NoEndpoints), peer: None, workload: None };
         };
         let _permit = match bulkhead.enter().await {
             Ok(p) => p,
-            Err(e) => return Sent { result: Err(e), peer: None },
+            Err(e) => return Sent { result: Err(e), peer: None, workload: None },
         };
         let attempts = self.attempts(req, &policy, &budget, metrics, &send);
         match policy.request_timeout {
             Some(t) => tokio::time::timeout(t, attempts)
                 .await
-                .unwrap_or(Sent { result: Err(ProxyError::Timeout), peer: None }),
+                .unwrap_or(Sent { result: Err(ProxyError::Timeout), peer: None, workload: None }),
             None => attempts.await,
         }
     }
@@ -160,7 +162,7 @@ impl Logical {
         let mut body = replay.attempt();
         loop {
             let Some(b) = body.take() else {
-                return Sent { result: Err(ProxyError::BadRequest("request body")), peer: None };
+                return Sent { result: Err(ProxyError::BadRequest("request body")), peer: None, workload: None };
             };
             let (sent, addr) = self.attempt(retry::rebuild(&parts, b), policy, avoid, metrics, send).await;
             let Some(reason) = retry::reason(rp, &sent.result, idempotent) else { return sent };
@@ -198,7 +200,7 @@ impl Logical {
     {
         let pick = match self.balancer.pick(policy.round_robin, avoid) {
             Ok(p) => p,
-            Err(e) => return (Sent { result: Err(e), peer: None }, None),
+            Err(e) => return (Sent { result: Err(e), peer: None, workload: None }, None),
         };
         let fut = send(req, pick.state.clone());
         let result = match policy.retry.per_try_timeout {
@@ -243,6 +245,6 @@ impl Logical {
         }
         let peer = s.endpoint.identity.clone().filter(|_| s.endpoint.proxy.is_some());
         let addr = Some(s.endpoint.addr);
-        (Sent { result, peer }, addr)
+        (Sent { result, peer, workload: s.endpoint.workload.clone() }, addr)
     }
 }
