@@ -59,6 +59,13 @@ fn restart_command(pod: &Pod) -> String {
     }
 }
 
+/// Rollout restarts (one per workload, however many pods) before the one-pod commands.
+fn rollouts_first(commands: BTreeSet<String>) -> Vec<String> {
+    let mut commands: Vec<String> = commands.into_iter().collect();
+    commands.sort_by_key(|c| !c.starts_with("kubectl rollout restart"));
+    commands
+}
+
 fn pod_name(pod: &Pod) -> String {
     format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""))
 }
@@ -127,7 +134,7 @@ pub async fn pods(ctx: &Ctx) -> Group {
         Check::warn(
             "proxy-versions",
             format!("{meshed} meshed pods, proxy {summary}; not {ours}: {}", others.join("; ")),
-            format!("restart them to get the current proxy: {}", outdated.into_iter().collect::<Vec<_>>().join("; ")),
+            format!("restart them to get the current proxy: {}", rollouts_first(outdated).join("; ")),
         )
     });
 
@@ -156,7 +163,7 @@ pub async fn pods(ctx: &Ctx) -> Group {
             format!("annotated for injection, running without {PROXY_CONTAINER}: {}", without.join(", ")),
             format!(
                 "they started while the injector was not answering (failurePolicy Ignore); restart it: {}",
-                restarts.into_iter().collect::<Vec<_>>().join("; ")
+                rollouts_first(restarts).join("; ")
             ),
         ));
     } else if !checks.iter().any(|c| c.name == "pods-without-proxy") {
