@@ -212,7 +212,7 @@ pub async fn webhook(ctx: &Ctx) -> Group {
     match certs::info(leaf) {
         Err(e) => checks.push(Check::fail("webhook-cert-name", format!("tls.crt: {e}"), renew.clone())),
         Ok(info) => {
-            checks.push(if info.dns_names.iter().any(|n| *n == host) {
+            checks.push(if info.dns_names.contains(&host) {
                 Check::ok("webhook-cert-name", format!("tls.crt names {host}"))
             } else {
                 Check::fail(
