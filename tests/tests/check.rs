@@ -326,6 +326,13 @@ async fn an_expired_issuer_fails_and_one_about_to_expire_warns() {
     assert_eq!((code, report["status"].as_str()), (0, Some("warn")), "{report:#}");
     assert_eq!(find(&report, "issuer-expiry")["status"], "warn");
 
+    // The chart's generated identity: one self-signed CA that is anchor and issuer at once.
+    // `strait check` does not read the key: any will do.
+    let key = KeyPair::generate().unwrap().serialize_pem();
+    api.apply(tls_secret("strait-identity-issuer", &pki.anchor.pem, &pki.anchor.pem, &key));
+    let (code, report) = check_json(&api, &dir, &[]).await;
+    assert_eq!((code, report["status"].as_str()), (0, Some("ok")), "{report:#}");
+
     // An issuer from an anchor the proxies do not have.
     let stranger = new_ca("another anchor");
     let (crt, key) = issuer_signed_by(&stranger, 180 * DAY.as_secs() as i64);
