@@ -1,5 +1,6 @@
 //! `strait`: the user's command — run the demo mesh, check health, inject sidecars, show stats.
 
+mod check;
 mod demo;
 mod stat;
 
@@ -14,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Is Strait installed and healthy on the cluster (or, with --pre, can it be installed): grouped checks with hints.
+    Check(check::Args),
     /// A whole mesh on this machine: controller, services with sidecars, traffic with faults, live metrics.
     Demo(demo::Args),
     /// Per-service success rate, request rate, latency percentiles and retries, from proxies or Prometheus.
@@ -33,6 +36,7 @@ fn main() {
     };
     let r = rt.block_on(async {
         match cli.cmd {
+            Cmd::Check(a) => check::run(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Stat(a) => stat::run(a).await,
             Cmd::Version => {

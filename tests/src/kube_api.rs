@@ -20,11 +20,19 @@
 //!   410 Gone after a compaction ([`KubeApi::expire_watches`]), so the client must list again.
 //! - `POST …/tokenreviews` answers from a token table ([`KubeApi::add_token`]), or fails on
 //!   demand ([`KubeApi::fail_token_reviews`]).
+//! - `POST …/selfsubjectaccessreviews` answers from the stored ClusterRoles and
+//!   ClusterRoleBindings for the requester the test sets ([`KubeApi::set_requester`]; see
+//!   [`rbac`] for the matching rules).
+//! - `GET /version` answers the version the test sets ([`KubeApi::set_version`], 1.31 by default).
+//! - Get by name of every stored kind, 404 `NotFound` for a missing one: besides the watched kinds,
+//!   Secrets, Deployments (their `status` is what the test stored), MutatingWebhookConfigurations,
+//!   ClusterRoles and ClusterRoleBindings, which `strait check` reads.
 //! - Every request is recorded ([`KubeApi::requests`]).
 //!
 //! Not there: authentication (every request is allowed), protobuf, server-side apply, field
 //! managers, generations, garbage collection, `sendInitialEvents`.
 
+pub mod rbac;
 mod state;
 mod token_review;
 
@@ -49,6 +57,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use state::{Key, Resource, Selection, Storage, parse_selector};
 pub use state::{EventType, RESOURCES};
+pub use rbac::Requester;
 pub use token_review::TokenUser;
 
 use crate::dir::TestDir;
@@ -94,6 +103,10 @@ struct State {
     tokens: BTreeMap<String, TokenUser>,
     /// Every TokenReview is answered with this error status, when set.
     token_reviews_failing: Option<StatusCode>,
+    /// Who SelfSubjectAccessReviews are about.
+    requester: Requester,
+    /// `/version`'s (major, minor).
+    version: Option<(String, String)>,
 }
 
 struct Shared {
@@ -311,6 +324,18 @@ impl KubeApi {
         self.shared.lock().token_reviews_failing = None;
     }
 
+    /// Who the server takes every request to come from, for SelfSubjectAccessReviews (by default
+    /// [`Requester::default`], a user no binding names).
+    pub fn set_requester(&self, requester: Requester) {
+        self.shared.lock().requester = requester;
+    }
+
+    /// What `GET /version` answers: `major`, `minor` as the API server writes them (`"1"`, `"28"`,
+    /// or `"28+"` as some providers do).
+    pub fn set_version(&self, major: &str, minor: &str) {
+        self.shared.lock().version = Some((major.to_string(), minor.to_string()));
+    }
+
     /// How many TokenReviews were asked for.
     pub fn token_reviews(&self) -> usize {
         self.shared.lock().requests.iter().filter(|r| r.method == "POST" && r.path == TOKEN_REVIEWS).count()
@@ -428,6 +453,19 @@ fn error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
 
 /// Where TokenReviews are posted.
 pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// Where SelfSubjectAccessReviews are posted.
+pub const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+/// `/version` when the test set none.
+pub const DEFAULT_VERSION: (&str, &str) = ("1", "31");
+
+fn version_info(major: &str, minor: &str) -> Value {
+    let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    json!({
+        "major": major, "minor": minor, "gitVersion": format!("v{major}.{digits}.0"), "gitCommit": "",
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
 
 fn failure_reason(code: StatusCode) -> &'static str {
     match code {
@@ -450,6 +488,25 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         let Some(body) = read_json(req).await else { return error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON") };
         let tokens = shared.lock().tokens.clone();
         return match token_review::review(&tokens, &body) {
+            Ok(answer) => json_response(StatusCode::CREATED, &answer),
+            Err(e) => error(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        };
+    }
+    if method == Method::GET && path == "/version" {
+        let version = shared.lock().version.clone();
+        let (major, minor) = version.unwrap_or((DEFAULT_VERSION.0.to_string(), DEFAULT_VERSION.1.to_string()));
+        return json_response(StatusCode::OK, &version_info(&major, &minor));
+    }
+    if method == Method::POST && path == SELF_SUBJECT_ACCESS_REVIEWS {
+        let Some(body) = read_json(req).await else { return error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON") };
+        let (requester, roles, bindings) = {
+            let state = shared.lock();
+            let all = |kind: &str| -> Vec<Value> {
+                state.storage.list(resource(kind), &Selection::default()).map(|(_, v)| v.clone()).collect()
+            };
+            (state.requester.clone(), all("ClusterRole"), all("ClusterRoleBinding"))
+        };
+        return match rbac::review(&requester, &roles, &bindings, &body) {
             Ok(answer) => json_response(StatusCode::CREATED, &answer),
             Err(e) => error(StatusCode::BAD_REQUEST, "BadRequest", &e),
         };
