@@ -20,6 +20,8 @@
 //!   410 Gone after a compaction ([`KubeApi::expire_watches`]), so the client must list again.
 //! - `POST …/tokenreviews` answers from a token table ([`KubeApi::add_token`]), or fails on
 //!   demand ([`KubeApi::fail_token_reviews`]).
+//! - `GET /version` answers Kubernetes [`DEFAULT_VERSION`], another one
+//!   ([`KubeApi::set_version`]) or 404 ([`KubeApi::hide_version`]).
 //! - Every request is recorded ([`KubeApi::requests`]).
 //!
 //! Not there: authentication (every request is allowed), protobuf, server-side apply, field
@@ -52,6 +54,9 @@ pub use state::{EventType, RESOURCES};
 pub use token_review::TokenUser;
 
 use crate::dir::TestDir;
+
+/// What `GET /version` answers unless told otherwise: (major, minor).
+pub const DEFAULT_VERSION: (&str, &str) = ("1", "31");
 
 /// How often a watch that allows bookmarks gets one.
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -94,6 +99,10 @@ struct State {
     tokens: BTreeMap<String, TokenUser>,
     /// Every TokenReview is answered with this error status, when set.
     token_reviews_failing: Option<StatusCode>,
+    /// `/version`'s (major, minor) instead of [`DEFAULT_VERSION`].
+    version: Option<(String, String)>,
+    /// `/version` answers 404.
+    version_hidden: bool,
 }
 
 struct Shared {
@@ -311,6 +320,18 @@ impl KubeApi {
         self.shared.lock().token_reviews_failing = None;
     }
 
+    /// `GET /version` answers this major and minor (e.g. `"1"`, `"28+"`).
+    pub fn set_version(&self, major: &str, minor: &str) {
+        let mut state = self.shared.lock();
+        state.version = Some((major.to_string(), minor.to_string()));
+        state.version_hidden = false;
+    }
+
+    /// `GET /version` answers 404, as a server without it would.
+    pub fn hide_version(&self) {
+        self.shared.lock().version_hidden = true;
+    }
+
     /// How many TokenReviews were asked for.
     pub fn token_reviews(&self) -> usize {
         self.shared.lock().requests.iter().filter(|r| r.method == "POST" && r.path == TOKEN_REVIEWS).count()
@@ -443,6 +464,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     shared.lock().requests.push(Seen { method: method.to_string(), path: path.clone(), query: query.clone() });
 
+    if method == Method::GET && path == "/version" {
+        let state = shared.lock();
+        if state.version_hidden {
+            return error(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
+        }
+        let (major, minor) = state.version.clone().unwrap_or((DEFAULT_VERSION.0.into(), DEFAULT_VERSION.1.into()));
+        let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "major": major, "minor": minor, "gitVersion": format!("v{major}.{digits}.0"),
+                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
+                "platform": "linux/amd64",
+            }),
+        );
+    }
     if method == Method::POST && path == TOKEN_REVIEWS {
         if let Some(code) = shared.lock().token_reviews_failing {
             return error(code, failure_reason(code), "tokenreviews are failing on purpose (test server)");

@@ -357,7 +357,13 @@ mod tests {
             ("not a valid Pod", Box::new(|r| r["request"]["object"]["spec"]["containers"] = json!({"a": 1}))),
             ("no containers", Box::new(|r| r["request"]["object"]["spec"]["containers"] = json!([]))),
             ("kind AdmissionReview", Box::new(|r| r["kind"] = json!("Pod"))),
-            ("namespace", Box::new(|r| r["request"]["namespace"] = Value::Null)),
+            (
+                "namespace",
+                Box::new(|r| {
+                    r["request"]["namespace"] = Value::Null;
+                    r["request"]["object"]["metadata"]["namespace"] = Value::Null;
+                }),
+            ),
         ];
         for (expect, change) in cases {
             let mut review = fixture();
@@ -374,7 +380,7 @@ mod tests {
         // The namespace may come from the object instead.
         let mut review = fixture();
         review["request"]["namespace"] = Value::Null;
-        review["request"]["object"]["metadata"]["namespace"] = json!("demo");
+        assert_eq!(review["request"]["object"]["metadata"]["namespace"], "demo");
         assert_eq!(super::review(&body(&review), &annotate()).unwrap().1.result, ReviewResult::Injected);
     }
 
