@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{
@@ -39,6 +39,10 @@ use crate::{
 /// review is that one object plus a few hundred bytes (etcd stores objects only up to 1.5 MiB), so
 /// a larger body is not a Pod that could be created.
 pub const DEFAULT_MAX_BODY: usize = 3 * 1024 * 1024;
+/// A body over the limit is still read (and dropped) up to this much, within the deadline, so a
+/// client that writes it all before reading gets the `413` instead of a broken pipe; past it the
+/// connection is closed.
+pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 /// A client gets this long to send a request's headers (slow-loris protection; the API server
 /// sends them at once).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,7 +157,8 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, WebhookError> {
     }
     let key_pem = std::fs::read(key).map_err(io(key))?;
     // PKCS#8, SEC1 (`EC PRIVATE KEY`, what cert-manager writes for ECDSA) and PKCS#1 RSA.
-    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| WebhookError::Pem(key.display().to_string(), e.to_string()))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| WebhookError::Pem(key.display().to_string(), e.to_string()))?;
     let provider = rustls::crypto::ring::default_provider();
     match CertifiedKey::from_der(chain, der, &provider) {
         Ok(k) => Ok(k),
@@ -265,28 +270,41 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> 
 async fn inject(req: Request<Incoming>, state: &State) -> (Response<Full<Bytes>>, ReviewResult) {
     let deadline = Instant::now() + deadline(req.uri().query(), state.limits.review_deadline);
     let max = state.limits.max_body;
-    let too_large = || {
-        let message = format!("the body is larger than {max} bytes, the API server's own request limit; not a Pod review\n");
-        (text(StatusCode::PAYLOAD_TOO_LARGE, message), ReviewResult::Error)
+    let too_large = |drained: bool| {
+        tracing::warn!(limit = max, "webhook: a body larger than the limit refused");
+        let message =
+            format!("the body is larger than {max} bytes, the API server's own request limit; not a Pod review\n");
+        let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, message);
+        if !drained {
+            r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
+        (r, ReviewResult::Error)
     };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        tracing::warn!(length = declared, "webhook: a review larger than the limit refused");
-        return too_large();
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return too_large(false);
     }
-    let body = match tokio::time::timeout_at(deadline.into(), Limited::new(req.into_body(), max).collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
-        Ok(Err(e)) => return (text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")), ReviewResult::Error),
-        Err(_) => {
-            return (text(StatusCode::REQUEST_TIMEOUT, "the body did not arrive within the review deadline\n"), ReviewResult::Error);
+    let body = match read_body(req.into_body(), max, deadline).await {
+        Body::Read(b) => b,
+        Body::TooLarge { drained } => return too_large(drained),
+        Body::Failed(e) => {
+            return (text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")), ReviewResult::Error);
+        }
+        Body::TimedOut => {
+            return (
+                text(StatusCode::REQUEST_TIMEOUT, "the body did not arrive within the review deadline\n"),
+                ReviewResult::Error,
+            );
         }
     };
     let parsed = match review::parse(&body) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "webhook: a request that is not an AdmissionReview");
-            return (text(StatusCode::BAD_REQUEST, format!("{e}; POST an AdmissionReview v1 (admission.k8s.io/v1)\n")), ReviewResult::Error);
+            return (
+                text(StatusCode::BAD_REQUEST, format!("{e}; POST an AdmissionReview v1 (admission.k8s.io/v1)\n")),
+                ReviewResult::Error,
+            );
         }
     };
     let (decision, pod) = match &parsed.target {
@@ -297,7 +315,9 @@ async fn inject(req: Request<Incoming>, state: &State) -> (Response<Full<Bytes>>
             let run = tokio::task::spawn_blocking(move || review::decide(&target, &mutator));
             let decision = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(Ok(d)) => d,
-                Ok(Err(e)) => Decision::error(format!("the injector failed on this pod ({e}); it was created without a proxy")),
+                Ok(Err(e)) => {
+                    Decision::error(format!("the injector failed on this pod ({e}); it was created without a proxy"))
+                }
                 Err(_) => Decision::error("the injector did not answer in time; the pod was created without a proxy"),
             };
             (decision, Some(pod))
@@ -324,6 +344,41 @@ async fn inject(req: Request<Incoming>, state: &State) -> (Response<Full<Bytes>>
     }
 }
 
+enum Body {
+    Read(Bytes),
+    /// Over the limit; `drained` when the rest was read to its end (the connection can go on).
+    TooLarge {
+        drained: bool,
+    },
+    Failed(String),
+    TimedOut,
+}
+
+/// Reads at most `max` bytes by `deadline`; a larger body is read on, and dropped, up to
+/// [`DRAIN_LIMIT`].
+async fn read_body(mut body: Incoming, max: usize, deadline: Instant) -> Body {
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+            Err(_) => return if total > max { Body::TooLarge { drained: false } } else { Body::TimedOut },
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Body::Failed(e.to_string()),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total = total.saturating_add(data.len());
+        if total <= max {
+            buf.extend_from_slice(&data);
+        } else if total > DRAIN_LIMIT {
+            return Body::TooLarge { drained: false };
+        } else {
+            buf = bytes::BytesMut::new();
+        }
+    }
+    if total > max { Body::TooLarge { drained: true } } else { Body::Read(buf.freeze()) }
+}
+
 /// The review's deadline: ours, or the API server's `?timeout=` less a margin when shorter.
 fn deadline(query: Option<&str>, ours: Duration) -> Duration {
     let theirs = query
@@ -342,7 +397,11 @@ fn deadline(query: Option<&str>, ours: Duration) -> Duration {
 /// `1m0s`, `500ms`.
 fn parse_go_duration(s: &str) -> Option<Duration> {
     if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| Duration::from_secs_f64(v / 1000.0));
+        return ms
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| Duration::from_secs_f64(v / 1000.0));
     }
     let s = s.strip_suffix('s')?;
     let (minutes, seconds) = match s.split_once('m') {
