@@ -247,6 +247,40 @@ async fn a_pod_is_injected_once_and_its_patch_applies() {
     assert!(w.controller.log().contains("kubernetes_version=1.31"), "{}", w.controller.log());
 }
 
+/// The API server speaks HTTP/2 when offered: one review over h2 (ALPN).
+#[tokio::test]
+async fn a_review_over_http2() {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let w = Webhook::start("webhook-h2", |_| {}).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(w.pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(w.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://localhost:{}/inject?timeout=10s", w.addr.port()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(FIXTURE)))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert!(patch_of(&answer).is_some(), "{answer}");
+}
+
 #[tokio::test]
 async fn garbage_gets_a_clear_answer_and_the_next_review_still_works() {
     let w = Webhook::start("webhook-garbage", |_| {}).await;

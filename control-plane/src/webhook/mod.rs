@@ -110,3 +110,21 @@ pub struct WebhookConfig {
     /// The mutation the webhook applies.
     pub build: BuildMutator,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_as_providers_write_them() {
+        let v = |major, minor| KubernetesVersion::parse(major, minor);
+        assert_eq!(v("1", "31"), Some(KubernetesVersion { major: 1, minor: 31 }));
+        assert_eq!(v("1", "28+"), Some(KubernetesVersion { major: 1, minor: 28 }));
+        assert_eq!(v("", "30"), None);
+        assert_eq!(v("1", "x"), None);
+        assert!(!v("1", "28+").unwrap().has_native_sidecars());
+        assert!(v("1", "29").unwrap().has_native_sidecars());
+        assert!(v("2", "0").unwrap().has_native_sidecars());
+        assert_eq!(v("1", "31").unwrap().to_string(), "1.31");
+    }
+}
