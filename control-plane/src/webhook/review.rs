@@ -109,7 +109,7 @@ fn target(review: &Value) -> Result<Target, String> {
     }
     let gvk = &request["kind"];
     let (group, version, kind) = (gvk["group"].as_str(), gvk["version"].as_str(), gvk["kind"].as_str());
-    if group.unwrap_or("") != "" || version != Some("v1") || kind != Some("Pod") {
+    if !group.unwrap_or("").is_empty() || version != Some("v1") || kind != Some("Pod") {
         return Err(format!(
             "only Pods are injected; this review is for {}/{} {}",
             group.unwrap_or(""),
@@ -346,7 +346,8 @@ mod tests {
 
     #[test]
     fn bad_input_is_allowed_with_a_warning() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "Deployment",
                 Box::new(|r| r["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"})),
