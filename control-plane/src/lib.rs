@@ -1,6 +1,7 @@
 //! strait-controller: the Strait control plane. It serves discovery to the proxies over gRPC from a
 //! source-independent mesh model, fed by the embedded mesh file or by Kubernetes watchers ([`k8s`]),
-//! and signs the proxies' certificates (`Identity.Certify`) when [`Config::identity`] is set.
+//! signs the proxies' certificates (`Identity.Certify`) when [`Config::identity`] is set, and in
+//! Kubernetes mode serves the injector's admission webhook ([`webhook`]) when [`Config::webhook`] is.
 //!
 //! [`start`] binds every listener, loads the mesh and returns a running [`Controller`]; tests run
 //! one in-process on loopback ports with it, and `main` runs one until a signal.
@@ -17,7 +18,9 @@ pub mod mesh_file;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod reload;
 pub mod store;
+pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -57,6 +60,8 @@ pub enum Error {
     Signal(std::io::Error),
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),
+    #[error("webhook: {0}")]
+    Webhook(#[from] webhook::WebhookError),
 }
 
 /// What a controller serves and where.
@@ -73,6 +78,8 @@ pub struct Config {
     pub kubernetes: Option<k8s::Options>,
     /// Serve `Identity.Certify` (the command line always does); `None` serves discovery only.
     pub identity: Option<IdentityConfig>,
+    /// Serve the injector webhook (Kubernetes mode only).
+    pub webhook: Option<webhook::WebhookConfig>,
 }
 
 /// Where the identity service listens and what it signs with.
@@ -109,6 +116,7 @@ impl Config {
             limits: discovery::Limits::default(),
             kubernetes: None,
             identity: None,
+            webhook: None,
         }
     }
 
@@ -123,9 +131,53 @@ pub struct Controller {
     discovery_addr: SocketAddr,
     admin_addr: SocketAddr,
     identity_addr: Option<SocketAddr>,
+    webhook_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, Result<(), Error>)>,
+}
+
+/// PLACEHOLDER, replaced at merge by the injector (control-plane/src/inject): the mutation the
+/// webhook applies. This one only marks pods that ask for injection (`strait.io/inject: enabled`)
+/// with `strait.io/injected: <version>`, enough to test the webhook's machinery.
+pub const WEBHOOK_MUTATOR: webhook::BuildMutator = placeholder_mutator;
+
+/// See [`WEBHOOK_MUTATOR`]; removed at merge.
+fn placeholder_mutator(_: &webhook::Context) -> Result<webhook::Mutator, webhook::WebhookError> {
+    Ok(Arc::new(|pod: &serde_json::Value, _namespace: &str| {
+        let annotations = &pod["metadata"]["annotations"];
+        if annotations["strait.io/inject"] != "enabled" {
+            return webhook::Mutation { reason: Some("strait.io/inject is not enabled".into()), ..Default::default() };
+        }
+        let mut patched = pod.clone();
+        patched["metadata"]["annotations"]["strait.io/injected"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
+        webhook::Mutation { patched: Some(patched), ..Default::default() }
+    }))
+}
+
+/// How long start-up waits for the API server's `/version`; without it, the injector assumes a
+/// cluster too old for native sidecars.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster's version, read once: `None` (and a warning) when it cannot be read or parsed.
+async fn kubernetes_version(client: &kube::Client) -> Option<webhook::KubernetesVersion> {
+    match tokio::time::timeout(VERSION_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(info)) => {
+            let version = webhook::KubernetesVersion::parse(&info.major, &info.minor);
+            if version.is_none() {
+                tracing::warn!(major = %info.major, minor = %info.minor, "the cluster's version is not a number; injecting classic sidecars");
+            }
+            version
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the cluster's version failed; injecting classic sidecars");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?VERSION_TIMEOUT, "the cluster's version did not come in time; injecting classic sidecars");
+            None
+        }
+    }
 }
 
 /// Binds the listeners, loads the mesh file (a bad one is an error, with its line) and starts
@@ -178,6 +230,40 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             Some((ca, listener, addr, tls, server_id))
         }
         None => None,
+    };
+
+    let webhook = match (&config.webhook, &kubernetes) {
+        (Some(wc), Some((client, options))) => {
+            let kubernetes_version = kubernetes_version(client).await;
+            let injector_config = wc.injector_config.as_deref().map(webhook::Context::read_injector_config).transpose()?;
+            let anchors = identity.as_ref().and_then(|(ca, ..)| ca.files().anchors.clone());
+            let trust_anchors_pem = anchors.and_then(|path| match std::fs::read_to_string(&path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "the trust anchors cannot be read for the injector");
+                    None
+                }
+            });
+            let context = webhook::Context {
+                kubernetes_version,
+                injector_config_path: wc.injector_config.clone(),
+                injector_config,
+                trust_anchors_pem,
+                trust_domain: options.trust_domain.clone(),
+                cluster_domain: config.cluster_domain.clone(),
+            };
+            let mutator = (wc.build)(&context)?;
+            let cert = webhook::server::WebhookCert::load(&wc.cert, &wc.key)?;
+            let tls = webhook::server::server_config(cert.clone())?;
+            let listener = bind("webhook", wc.addr).await?;
+            let addr = local("webhook", &listener, wc.addr)?;
+            Some((listener, addr, tls, cert, mutator, wc.limits, kubernetes_version))
+        }
+        (Some(_), None) => {
+            tracing::warn!("--webhook-cert and --webhook-key are for Kubernetes mode; the injector is not served from a mesh file");
+            None
+        }
+        (None, _) => None,
     };
 
     let shutdown = CancellationToken::new();
@@ -262,6 +348,33 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         tasks.spawn(named("identity server", async move { server.await.map_err(Error::IdentityServer) }));
     }
+    let webhook_addr = webhook.as_ref().map(|(_, addr, ..)| *addr);
+    if let Some((listener, addr, tls, cert, mutator, limits, version)) = webhook {
+        tracing::info!(
+            webhook_addr = %addr,
+            cert = %cert.cert_path().display(),
+            kubernetes_version = %version.map_or_else(|| "unknown".to_string(), |v| v.to_string()),
+            "injector webhook serving POST /inject"
+        );
+        tasks.spawn(named("webhook certificate watcher", {
+            let watch = reload::watch(cert.clone(), config.poll_interval, shutdown.clone(), move |result| match result {
+                Ok(()) => tracing::info!(cert = %cert.cert_path().display(), "webhook certificate reloaded"),
+                Err(e) => tracing::warn!(error = %e, "webhook certificate files changed but cannot be used; the current one serves"),
+            });
+            async move {
+                watch.await;
+                Ok(())
+            }
+        }));
+        let state = Arc::new(webhook::server::State { mutator, metrics: metrics.clone(), limits });
+        tasks.spawn(named("webhook server", {
+            let shutdown = shutdown.clone();
+            async move {
+                webhook::server::serve(listener, tls, state, shutdown).await;
+                Ok(())
+            }
+        }));
+    }
     let admin_state = admin::AdminState { metrics: metrics.clone(), status: reader.status() };
     tasks.spawn(named("admin server", {
         let shutdown = shutdown.clone();
@@ -273,7 +386,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
 
     if kubernetes.is_some() {
         tracing::info!(%discovery_addr, %admin_addr, "controller serving from Kubernetes once the first lists are in");
-        return Ok(Controller { discovery_addr, admin_addr, identity_addr, metrics, shutdown, tasks });
+        return Ok(Controller { discovery_addr, admin_addr, identity_addr, webhook_addr, metrics, shutdown, tasks });
     }
     if reader.status().wait_for(|s| s.loaded).await.is_err() {
         return Err(Error::TaskEnded("publisher"));
@@ -287,7 +400,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         workloads,
         "controller serving"
     );
-    Ok(Controller { discovery_addr, admin_addr, identity_addr, metrics, shutdown, tasks })
+    Ok(Controller { discovery_addr, admin_addr, identity_addr, webhook_addr, metrics, shutdown, tasks })
 }
 
 async fn named(
@@ -310,6 +423,11 @@ impl Controller {
     /// Where `Identity.Certify` listens, when identity is served.
     pub fn identity_addr(&self) -> Option<SocketAddr> {
         self.identity_addr
+    }
+
+    /// Where the injector webhook listens, when it is served.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_addr
     }
 
     pub fn metrics(&self) -> &Metrics {

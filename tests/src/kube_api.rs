@@ -23,7 +23,8 @@
 //! - `POST …/selfsubjectaccessreviews` answers from the stored ClusterRoles and
 //!   ClusterRoleBindings for the requester the test sets ([`KubeApi::set_requester`]; see
 //!   [`rbac`] for the matching rules).
-//! - `GET /version` answers the version the test sets ([`KubeApi::set_version`], 1.31 by default).
+//! - `GET /version` answers Kubernetes [`DEFAULT_VERSION`], another one
+//!   ([`KubeApi::set_version`]) or 404 ([`KubeApi::hide_version`]).
 //! - Get by name of every stored kind, 404 `NotFound` for a missing one: besides the watched kinds,
 //!   Secrets, Deployments (their `status` is what the test stored), MutatingWebhookConfigurations,
 //!   ClusterRoles and ClusterRoleBindings, which `strait check` reads.
@@ -61,6 +62,9 @@ pub use rbac::Requester;
 pub use token_review::TokenUser;
 
 use crate::dir::TestDir;
+
+/// What `GET /version` answers unless told otherwise: (major, minor).
+pub const DEFAULT_VERSION: (&str, &str) = ("1", "31");
 
 /// How often a watch that allows bookmarks gets one.
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -105,8 +109,10 @@ struct State {
     token_reviews_failing: Option<StatusCode>,
     /// Who SelfSubjectAccessReviews are about.
     requester: Requester,
-    /// `/version`'s (major, minor).
+    /// `/version`'s (major, minor) instead of [`DEFAULT_VERSION`].
     version: Option<(String, String)>,
+    /// `/version` answers 404.
+    version_hidden: bool,
 }
 
 struct Shared {
@@ -330,10 +336,16 @@ impl KubeApi {
         self.shared.lock().requester = requester;
     }
 
-    /// What `GET /version` answers: `major`, `minor` as the API server writes them (`"1"`, `"28"`,
-    /// or `"28+"` as some providers do).
+    /// `GET /version` answers this major and minor (e.g. `"1"`, `"28+"`).
     pub fn set_version(&self, major: &str, minor: &str) {
-        self.shared.lock().version = Some((major.to_string(), minor.to_string()));
+        let mut state = self.shared.lock();
+        state.version = Some((major.to_string(), minor.to_string()));
+        state.version_hidden = false;
+    }
+
+    /// `GET /version` answers 404, as a server without it would.
+    pub fn hide_version(&self) {
+        self.shared.lock().version_hidden = true;
     }
 
     /// How many TokenReviews were asked for.
@@ -455,9 +467,6 @@ fn error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
 pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 /// Where SelfSubjectAccessReviews are posted.
 pub const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
-/// `/version` when the test set none.
-pub const DEFAULT_VERSION: (&str, &str) = ("1", "31");
-
 fn version_info(major: &str, minor: &str) -> Value {
     let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
     json!({
@@ -481,6 +490,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     shared.lock().requests.push(Seen { method: method.to_string(), path: path.clone(), query: query.clone() });
 
+    if method == Method::GET && path == "/version" {
+        let state = shared.lock();
+        if state.version_hidden {
+            return error(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
+        }
+        let (major, minor) = state.version.clone().unwrap_or((DEFAULT_VERSION.0.into(), DEFAULT_VERSION.1.into()));
+        return json_response(StatusCode::OK, &version_info(&major, &minor));
+    }
     if method == Method::POST && path == TOKEN_REVIEWS {
         if let Some(code) = shared.lock().token_reviews_failing {
             return error(code, failure_reason(code), "tokenreviews are failing on purpose (test server)");
@@ -491,11 +508,6 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             Ok(answer) => json_response(StatusCode::CREATED, &answer),
             Err(e) => error(StatusCode::BAD_REQUEST, "BadRequest", &e),
         };
-    }
-    if method == Method::GET && path == "/version" {
-        let version = shared.lock().version.clone();
-        let (major, minor) = version.unwrap_or((DEFAULT_VERSION.0.to_string(), DEFAULT_VERSION.1.to_string()));
-        return json_response(StatusCode::OK, &version_info(&major, &minor));
     }
     if method == Method::POST && path == SELF_SUBJECT_ACCESS_REVIEWS {
         let Some(body) = read_json(req).await else { return error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON") };

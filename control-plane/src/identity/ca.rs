@@ -17,7 +17,7 @@ use std::{
     hash::{Hash, Hasher},
     io::Write,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -27,6 +27,8 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, pem::PemObject};
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::reload::{Reload, Seen};
 
 /// DESIGN §4: proxies renew at 70 %, so a day gives hours of slack when the controller is down.
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -97,7 +99,7 @@ struct Current {
 pub struct Ca {
     current: RwLock<Arc<Current>>,
     /// What the files held when last read, so a bad edit is reported once and not on every poll.
-    seen: Mutex<u64>,
+    seen: Seen,
     files: IssuerFiles,
     lifetime: Duration,
 }
@@ -265,7 +267,7 @@ impl Ca {
     pub fn from_files(files: IssuerFiles, lifetime: Duration) -> Result<Self, CaError> {
         let seen = fingerprint(&files);
         let current = load_issuer(&files)?;
-        Ok(Ca { current: RwLock::new(Arc::new(current)), seen: Mutex::new(seen), files, lifetime })
+        Ok(Ca { current: RwLock::new(Arc::new(current)), seen: Seen::new(seen), files, lifetime })
     }
 
     pub fn files(&self) -> &IssuerFiles {
@@ -299,13 +301,8 @@ impl Ca {
     /// be used is reported once and the current issuer kept; the next change is tried again (so
     /// replacing the certificate and the key one after the other works).
     pub fn reload_if_changed(&self) -> Result<bool, CaError> {
-        let now = fingerprint(&self.files);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == now {
-                return Ok(false);
-            }
-            *seen = now;
+        if !self.seen.changed(fingerprint(&self.files)) {
+            return Ok(false);
         }
         let next = load_issuer(&self.files)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
@@ -348,14 +345,15 @@ fn unix(t: SystemTime) -> u64 {
 
 /// A hash of the files' contents (or of why they could not be read).
 fn fingerprint(f: &IssuerFiles) -> u64 {
-    let mut h = DefaultHasher::new();
-    for p in [Some(&f.cert), Some(&f.key), f.anchors.as_ref()].into_iter().flatten() {
-        match std::fs::read(p) {
-            Ok(bytes) => bytes.hash(&mut h),
-            Err(e) => format!("{:?}", e.kind()).hash(&mut h),
-        }
+    crate::reload::fingerprint([Some(&f.cert), Some(&f.key), f.anchors.as_ref()].into_iter().flatten().map(PathBuf::as_path))
+}
+
+impl Reload for Ca {
+    type Error = CaError;
+
+    fn reload_if_changed(&self) -> Result<bool, CaError> {
+        Ca::reload_if_changed(self)
     }
-    h.finish()
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
