@@ -208,3 +208,52 @@ async fn an_expired_certificate_that_cannot_be_renewed_makes_the_proxy_not_ready
     .await;
     wait_until("the metric shows it", Duration::from_secs(5), || async { valid(&proxy.metrics().await) == 1.0 }).await;
 }
+
+/// A plaintext peer connection (transport header for `app_port`, HTTP/1 framing) with one request;
+/// returns what came back before the connection closed (empty: refused).
+async fn plaintext_peer_request(inbound: SocketAddr, app_port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    let mut h = b"strait\0\x01\x00\x03".to_vec();
+    h.extend_from_slice(&app_port.to_be_bytes());
+    h.push(2);
+    h.extend_from_slice(b"GET / HTTP/1.1\r\nhost: web.demo:8080\r\nconnection: close\r\n\r\n");
+    tcp.write_all(&h).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn before_the_inbound_policy_arrives_a_connection_waits_for_it() {
+    let dir = TestDir::new("inbound-wait");
+    let (_app, app) = testsrv_in(dir.path(), "http", "web").await;
+    let discovery = free_addr();
+    let d = discovery.to_string();
+    let env = [
+        ("STRAIT_DISCOVERY_ADDR", d.as_str()),
+        ("STRAIT_NAMESPACE", "demo"),
+        ("STRAIT_WORKLOAD", "server"),
+        ("STRAIT_DISCOVERY_WAIT", "15s"),
+    ];
+    let proxy = spawn_proxy("proxy", &env);
+    strait_tests::wait_for_tcp(proxy.inbound, Duration::from_secs(10)).await.unwrap();
+    // The controller says the workload is strict, but only a second after the connection arrived:
+    // the connection must wait for that, not be served as permissive meanwhile.
+    let yaml = format!(
+        "workloads:\n  - {{name: server, namespace: demo, serviceAccount: server-sa, inboundMode: strict}}\nservices:\n  - name: web\n    namespace: demo\n    ports: [{{port: 8080, protocol: http}}]\n    endpoints: [{{address: \"{app}\", proxy: \"{}\", workload: server}}]\n",
+        proxy.inbound
+    );
+    let late = {
+        let dir = dir.path().to_path_buf();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            controller_at(&dir, "controller", &yaml, discovery)
+        })
+    };
+    let got = plaintext_peer_request(proxy.inbound, app.port()).await;
+    let _ctl = late.await.unwrap();
+    assert!(got.is_empty(), "plaintext served before the strict policy arrived: {got:?}\n{}", proxy.log());
+    let served: u64 = http_get(&format!("http://{app}/count")).await.unwrap().text().trim().parse().unwrap();
+    assert_eq!(served, 0, "nothing reached the app");
+}
