@@ -52,3 +52,41 @@ impl Readiness {
         missing
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable_controller(wait: std::time::Duration) -> Arc<remote::Client> {
+        // The stream task is never spawned: nothing ever answers.
+        let who = remote::Identity { namespace: "demo".into(), workload: "w".into(), service_account: "sa".into() };
+        let (client, _task) = remote::Client::new(
+            "127.0.0.1:1".into(),
+            who,
+            crate::metrics::Metrics::new(),
+            crate::dns::Dns::from_system(),
+            wait,
+        );
+        client
+    }
+
+    #[test]
+    fn ready_needs_the_listeners() {
+        let r = Readiness::new(None, None);
+        assert_eq!(r.missing(), ["listeners"]);
+        r.set_listening();
+        assert!(r.missing().is_empty());
+        assert_eq!(r.certificate_valid(), None);
+    }
+
+    #[tokio::test]
+    async fn not_ready_and_no_guess_before_the_controller_answers() {
+        let client = unreachable_controller(std::time::Duration::from_millis(20));
+        let r = Readiness::new(None, Some(client.clone()));
+        r.set_listening();
+        assert_eq!(r.missing(), ["discovery (no answer from the controller yet)"]);
+        assert!(!client.wait_synced(std::time::Duration::from_millis(20)).await);
+        // An unanswered lookup is an error, not "outside the mesh".
+        assert!(client.resolve("web.demo:8080").await.is_err());
+    }
+}
