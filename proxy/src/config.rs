@@ -41,6 +41,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub const DEFAULT_SHUTDOWN_ACCEPT_PERIOD: Duration = Duration::from_secs(5);
 /// Connecting to a peer proxy or an application: local or in-cluster, so a second is generous.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for the controller's first answer about a destination (and an inbound
+/// connection for the workload's first inbound policy) before it fails closed. Controller answers
+/// take milliseconds; this only bounds the wait while the controller is unreachable.
+pub const DEFAULT_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -76,6 +80,8 @@ pub struct Config {
     pub log_json: bool,
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
+    /// `STRAIT_DISCOVERY_WAIT`: see [`DEFAULT_DISCOVERY_WAIT`].
+    pub discovery_wait: Duration,
     pub shutdown_grace: Duration,
     /// How long after SIGTERM the listeners keep accepting (never beyond `shutdown_grace`).
     pub shutdown_accept: Duration,
@@ -184,6 +190,7 @@ impl Config {
         };
         let detect_timeout = duration("STRAIT_DETECT_TIMEOUT", DEFAULT_DETECT_TIMEOUT);
         let connect_timeout = duration("STRAIT_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT);
+        let discovery_wait = duration("STRAIT_DISCOVERY_WAIT", DEFAULT_DISCOVERY_WAIT);
         let shutdown_grace = duration("STRAIT_SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE);
         let shutdown_accept = match get("STRAIT_SHUTDOWN_ACCEPT_PERIOD") {
             // The default never outlasts a short grace period someone configured.
@@ -271,6 +278,7 @@ impl Config {
             log_json,
             detect_timeout,
             connect_timeout,
+            discovery_wait,
             shutdown_grace,
             shutdown_accept,
             inbound_opaque_ports,

@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod init;
 pub mod metrics;
 pub mod outbound;
+pub mod ready;
 pub mod run;
 pub mod tls;
 pub mod transport;

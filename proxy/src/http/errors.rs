@@ -27,6 +27,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("proxy is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    DiscoveryUnavailable(#[from] crate::discover::Unavailable),
 }
 
 impl ProxyError {
@@ -42,6 +44,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream-failed",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
         }
     }
 
@@ -51,7 +54,7 @@ impl ProxyError {
             ProxyError::BulkheadFull | ProxyError::NoEndpoints | ProxyError::CircuitOpen => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ShuttingDown | ProxyError::DiscoveryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::IdentityMismatch | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
             }

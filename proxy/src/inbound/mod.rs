@@ -101,6 +101,15 @@ impl Inbound {
 
     async fn accept(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watch: drain::Watch) {
         let _ = tcp.set_nodelay(true);
+        // Until the controller's first answer (the workload's inbound policy), a connection waits
+        // for it, bounded by STRAIT_DISCOVERY_WAIT, rather than being served as permissive; then
+        // STRAIT_INBOUND_MODE decides alone (strict refuses plaintext, permissive serves it).
+        if let Some(remote) = self.discovery.remote_client()
+            && !remote.is_synced()
+            && !remote.wait_synced(self.cfg.discovery_wait).await
+        {
+            tracing::debug!(%peer, mode = ?self.cfg.inbound_mode, "no inbound policy from the controller yet; using STRAIT_INBOUND_MODE");
+        }
         if let Some(dst) = orig_dst(&tcp) {
             let io = Counted::new(tcp, &self.metrics, DIRECTION);
             return self.redirected(io, dst, &watch).await;

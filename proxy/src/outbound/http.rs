@@ -56,12 +56,18 @@ impl Handler {
                 }
             },
         };
-        let profile = match self.ob.discovery.resolve(&authority).await {
-            Some(p) => Some(p),
-            None => match &self.target {
+        let resolved = match self.ob.discovery.resolve(&authority).await {
+            Ok(None) => match &self.target {
                 Target::OrigDst(a) => self.ob.discovery.resolve_dst(*a).await,
-                _ => None,
+                _ => Ok(None),
             },
+            other => other,
+        };
+        // Discovery that has not answered fails closed: a destination it cannot place is never
+        // assumed to be outside the mesh (that would send meshed traffic in plaintext).
+        let (profile, unavailable) = match resolved {
+            Ok(p) => (p, None),
+            Err(e) => (None, Some(e)),
         };
         // The application never gets to set the identity header the inbound side vouches for.
         req.headers_mut().remove(headers::CLIENT_ID);
@@ -75,7 +81,10 @@ impl Handler {
                 let (r, peer, workload) = self.to_service(req, p, &authority).await;
                 (r, &*p.authority, peer, workload)
             }
-            None => (self.passthrough(req, &authority).await, crate::metrics::UNKNOWN, None, None),
+            None => match unavailable {
+                Some(e) => (Err(e.into()), crate::metrics::UNKNOWN, None, None),
+                None => (self.passthrough(req, &authority).await, crate::metrics::UNKNOWN, None, None),
+            },
         };
         let labels = Labels {
             direction: DIRECTION,
