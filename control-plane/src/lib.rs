@@ -11,6 +11,7 @@ pub mod cli;
 pub mod discovery;
 pub mod identity;
 pub mod index;
+pub mod inject;
 pub mod k8s;
 pub mod logging;
 pub mod mesh_file;
