@@ -1,6 +1,7 @@
 //! `strait`: the user's command — run the demo mesh, check health, inject sidecars, show stats.
 
 mod demo;
+mod inject;
 mod stat;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,10 @@ enum Cmd {
     Stat(stat::Args),
     /// Print the version.
     Version,
+    /// Add the Strait proxy to the workloads in Kubernetes manifests (as the injector webhook does).
+    Inject(inject::InjectArgs),
+    /// Take the Strait proxy out of the workloads in Kubernetes manifests.
+    Uninject(inject::UninjectArgs),
 }
 
 fn main() {
@@ -35,6 +40,8 @@ fn main() {
         match cli.cmd {
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Stat(a) => stat::run(a).await,
+            Cmd::Inject(a) => inject::run_inject(a).map_err(Into::into),
+            Cmd::Uninject(a) => inject::run_uninject(a).map_err(Into::into),
             Cmd::Version => {
                 println!("strait {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

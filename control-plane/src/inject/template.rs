@@ -119,6 +119,9 @@ pub fn inject(template: &Value, ctx: &Context<'_>) -> Outcome {
                 also(&warnings)
             ));
         }
+        (None, None) if ctx.namespace_annotations.is_none() => {
+            return unchanged(format!("not annotated: the pod has no {INJECT_ANNOTATION}: enabled{}", also(&warnings)));
+        }
         (None, None) => {
             return unchanged(format!(
                 "not annotated: neither the pod nor namespace {} has {INJECT_ANNOTATION}: enabled{}",
