@@ -96,8 +96,7 @@ impl InjectorConfig {
                     match (k.as_str(), v) {
                         ("requests" | "limits", serde_json::Value::Object(q)) => {
                             for (name, qty) in q {
-                                if !qty.as_str().is_some_and(|s| super::overrides::quantity(s).is_some())
-                                    && !qty.is_u64()
+                                if qty.as_str().is_none_or(|s| super::overrides::quantity(s).is_none()) && !qty.is_u64()
                                 {
                                     errors.push(format!("resources.{k}.{name} {qty} is not a Kubernetes quantity"));
                                 }

@@ -137,13 +137,8 @@ pub fn inject(template: &Value, ctx: &Context<'_>) -> Outcome {
 
     let mut out = template.clone();
     let Some(root) = out.as_object_mut() else { return unchanged("not a pod template") };
-    let app_named_ports: BTreeMap<String, u16> = spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .flat_map(|c| probes::named_ports(c))
-        .collect();
+    let app_named_ports: BTreeMap<String, u16> =
+        spec.get("containers").and_then(Value::as_array).into_iter().flatten().flat_map(probes::named_ports).collect();
     let ov = overrides::read(&annotations, ctx.config, &app_named_ports, &mut warnings);
     for c in all_containers(spec) {
         for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
@@ -193,10 +188,8 @@ pub fn inject(template: &Value, ctx: &Context<'_>) -> Outcome {
             inits.insert(1, proxy.clone());
         }
     }
-    if !ctx.native_sidecars {
-        if let Some(cs) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-            cs.insert(0, proxy);
-        }
+    if let (false, Some(cs)) = (ctx.native_sidecars, spec.get_mut("containers").and_then(Value::as_array_mut)) {
+        cs.insert(0, proxy);
     }
     let volumes = spec.entry("volumes").or_insert_with(|| Value::Array(Vec::new()));
     if volumes.is_null() {
@@ -381,13 +374,12 @@ pub fn uninject(template: &Value) -> Value {
             spec.remove("volumes");
         }
     }
-    if let Some(m) = root.get_mut("metadata").and_then(Value::as_object_mut) {
-        if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
-            a.remove(INJECTED_ANNOTATION);
-            a.remove(probes::ORIGINAL_PROBES_ANNOTATION);
-            if a.is_empty() {
-                m.remove("annotations");
-            }
+    let Some(m) = root.get_mut("metadata").and_then(Value::as_object_mut) else { return out };
+    if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+        a.remove(INJECTED_ANNOTATION);
+        a.remove(probes::ORIGINAL_PROBES_ANNOTATION);
+        if a.is_empty() {
+            m.remove("annotations");
         }
     }
     out
