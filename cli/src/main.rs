@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod inject;
 mod stat;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,10 @@ enum Cmd {
     Stat(stat::Args),
     /// Print the version.
     Version,
+    /// Add the Strait proxy to the workloads in Kubernetes manifests (as the injector webhook does).
+    Inject(inject::InjectArgs),
+    /// Take the Strait proxy out of the workloads in Kubernetes manifests.
+    Uninject(inject::UninjectArgs),
 }
 
 fn main() {
@@ -39,6 +44,8 @@ fn main() {
             Cmd::Check(a) => check::run(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Stat(a) => stat::run(a).await,
+            Cmd::Inject(a) => inject::run_inject(a).map_err(Into::into),
+            Cmd::Uninject(a) => inject::run_uninject(a).map_err(Into::into),
             Cmd::Version => {
                 println!("strait {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod discovery;
 pub mod identity;
 pub mod index;
+pub mod inject;
 pub mod k8s;
 pub mod logging;
 pub mod mesh_file;
@@ -137,21 +138,41 @@ pub struct Controller {
     tasks: JoinSet<(&'static str, Result<(), Error>)>,
 }
 
-/// PLACEHOLDER, replaced at merge by the injector (control-plane/src/inject): the mutation the
-/// webhook applies. This one only marks pods that ask for injection (`strait.io/inject: enabled`)
-/// with `strait.io/injected: <version>`, enough to test the webhook's machinery.
-pub const WEBHOOK_MUTATOR: webhook::BuildMutator = placeholder_mutator;
+/// The mutation the webhook applies: [`inject`], the same code `strait inject` runs.
+pub const WEBHOOK_MUTATOR: webhook::BuildMutator = injector_mutator;
 
-/// See [`WEBHOOK_MUTATOR`]; removed at merge.
-fn placeholder_mutator(_: &webhook::Context) -> Result<webhook::Mutator, webhook::WebhookError> {
-    Ok(Arc::new(|pod: &serde_json::Value, _namespace: &str| {
-        let annotations = &pod["metadata"]["annotations"];
-        if annotations["strait.io/inject"] != "enabled" {
-            return webhook::Mutation { reason: Some("strait.io/inject is not enabled".into()), ..Default::default() };
+/// Builds the injector from what start-up read: the injector config (the chart's ConfigMap; the
+/// built-in defaults without one), the trust anchors, the cluster's version and the namespaces' store.
+fn injector_mutator(ctx: &webhook::Context) -> Result<webhook::Mutator, webhook::WebhookError> {
+    let path = || ctx.injector_config_path.as_ref().map_or_else(|| "(built in)".to_string(), |p| p.display().to_string());
+    let config = match &ctx.injector_config {
+        Some(yaml) => {
+            let text = serde_yaml::to_string(yaml).map_err(|e| webhook::WebhookError::InjectorConfig(path(), e.to_string()))?;
+            inject::InjectorConfig::from_yaml(&text).map_err(|e| webhook::WebhookError::InjectorConfig(path(), e.to_string()))?
         }
-        let mut patched = pod.clone();
-        patched["metadata"]["annotations"]["strait.io/injected"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
-        webhook::Mutation { patched: Some(patched), ..Default::default() }
+        None => inject::InjectorConfig { trust_domain: ctx.trust_domain.clone(), ..Default::default() },
+    };
+    let anchors = ctx.trust_anchors_pem.clone().unwrap_or_default();
+    if anchors.is_empty() {
+        tracing::warn!("no trust anchors for the injector (--trust-anchors): injected proxies will not get an identity");
+    }
+    let native_sidecars = ctx.kubernetes_version.is_some_and(|v| v.has_native_sidecars());
+    let namespaces = ctx.namespaces.clone();
+    Ok(Arc::new(move |pod: &serde_json::Value, namespace: &str| {
+        let namespace_annotations = namespaces.as_ref().and_then(|n| n.annotations(namespace));
+        let context = inject::Context {
+            config: &config,
+            trust_anchors_pem: &anchors,
+            namespace,
+            namespace_annotations: namespace_annotations.as_ref(),
+            native_sidecars,
+        };
+        match inject::inject_template(pod, &context) {
+            inject::Outcome::Injected { template, warnings } => {
+                webhook::Mutation { patched: Some(template), warnings, reason: None }
+            }
+            inject::Outcome::Unchanged { reason } => webhook::Mutation { reason: Some(reason), ..Default::default() },
+        }
     }))
 }
 
@@ -232,9 +253,13 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         None => None,
     };
 
+    let shutdown = CancellationToken::new();
+    let mut namespaces_task = None;
     let webhook = match (&config.webhook, &kubernetes) {
         (Some(wc), Some((client, options))) => {
             let kubernetes_version = kubernetes_version(client).await;
+            let (namespaces, task) = k8s::namespaces::watch(client.clone(), metrics.clone(), shutdown.clone());
+            namespaces_task = Some(task);
             let injector_config = wc.injector_config.as_deref().map(webhook::Context::read_injector_config).transpose()?;
             let anchors = identity.as_ref().and_then(|(ca, ..)| ca.files().anchors.clone());
             let trust_anchors_pem = anchors.and_then(|path| match std::fs::read_to_string(&path) {
@@ -251,6 +276,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
                 trust_anchors_pem,
                 trust_domain: options.trust_domain.clone(),
                 cluster_domain: config.cluster_domain.clone(),
+                namespaces: Some(namespaces),
             };
             let mutator = (wc.build)(&context)?;
             let cert = webhook::server::WebhookCert::load(&wc.cert, &wc.key)?;
@@ -266,7 +292,6 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         (None, _) => None,
     };
 
-    let shutdown = CancellationToken::new();
     let (store, reader, publisher) = store::new(&config.cluster_domain, config.push_interval, metrics.clone());
     let (services, endpoints, workloads) = mesh.counts();
     if kubernetes.is_none() {
@@ -274,6 +299,12 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
     }
 
     let mut tasks = JoinSet::new();
+    if let Some(task) = namespaces_task {
+        tasks.spawn(named("namespace watcher", async move {
+            task.await;
+            Ok(())
+        }));
+    }
     tasks.spawn(named("publisher", {
         let shutdown = shutdown.clone();
         async move {

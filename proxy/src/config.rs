@@ -72,6 +72,9 @@ pub struct Config {
     /// its token there).
     pub identity_server_id: String,
     pub trust_anchors: Option<PathBuf>,
+    /// The anchors as PEM text (`STRAIT_TRUST_ANCHORS_PEM`, what the injector sets) instead of a
+    /// file; at most one of the two is set. Text cannot change, so a rotation restarts the pod.
+    pub trust_anchors_pem: Option<String>,
     pub trust_domain: String,
     pub inbound_mode: InboundMode,
     pub identity_token_file: Option<PathBuf>,
@@ -248,8 +251,14 @@ impl Config {
                 "STRAIT_IDENTITY_SERVER_ID={identity_server_id:?} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
             ));
         }
-        if get("STRAIT_IDENTITY_ADDR").is_some() && get("STRAIT_TRUST_ANCHORS").is_none() {
-            errors.push("STRAIT_IDENTITY_ADDR needs STRAIT_TRUST_ANCHORS (the PEM bundle peers are checked against)".into());
+        let trust_anchors_pem = get("STRAIT_TRUST_ANCHORS_PEM").filter(|p| !p.trim().is_empty());
+        match (get("STRAIT_TRUST_ANCHORS").is_some(), trust_anchors_pem.is_some()) {
+            (true, true) => errors.push("set only one of STRAIT_TRUST_ANCHORS and STRAIT_TRUST_ANCHORS_PEM".into()),
+            (false, false) if get("STRAIT_IDENTITY_ADDR").is_some() => errors.push(
+                "STRAIT_IDENTITY_ADDR needs STRAIT_TRUST_ANCHORS or STRAIT_TRUST_ANCHORS_PEM (the PEM bundle peers are checked against)"
+                    .into(),
+            ),
+            _ => {}
         }
 
         if !errors.is_empty() {
@@ -270,6 +279,7 @@ impl Config {
             identity_addr: get("STRAIT_IDENTITY_ADDR"),
             identity_server_id,
             trust_anchors: get("STRAIT_TRUST_ANCHORS").map(Into::into),
+            trust_anchors_pem,
             trust_domain,
             inbound_mode,
             identity_token_file: get("STRAIT_IDENTITY_TOKEN_FILE").map(Into::into),
@@ -379,6 +389,18 @@ mod tests {
         assert_eq!(e.0, [r#"STRAIT_APP_PROBES: "app/readiness": scheme "ftp" is not HTTP or HTTPS"#], "{e}");
         let e = cfg(&[("STRAIT_APP_PROBES", "{not json")]).unwrap_err();
         assert!(e.0[0].starts_with("STRAIT_APP_PROBES: key must be a string"), "{e}");
+    }
+
+    #[test]
+    fn trust_anchors_from_a_file_or_as_text_never_both() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let c = cfg(&[("STRAIT_IDENTITY_ADDR", "c:8080"), ("STRAIT_TRUST_ANCHORS_PEM", pem)]).unwrap();
+        assert_eq!(c.trust_anchors_pem.as_deref(), Some(pem));
+        assert!(c.trust_anchors.is_none());
+        assert!(cfg(&[("STRAIT_IDENTITY_ADDR", "c:8080"), ("STRAIT_TRUST_ANCHORS", "/a.pem")]).is_ok());
+        let both = cfg(&[("STRAIT_TRUST_ANCHORS", "/a.pem"), ("STRAIT_TRUST_ANCHORS_PEM", pem)]).unwrap_err();
+        assert!(both.to_string().contains("only one"), "{both}");
+        assert!(cfg(&[("STRAIT_IDENTITY_ADDR", "c:8080")]).is_err());
     }
 
     #[test]

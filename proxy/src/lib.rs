@@ -2,6 +2,7 @@
 //! traffic, inbound and outbound, with golden metrics and an admin endpoint.
 
 pub mod admin;
+pub mod await_ready;
 pub mod config;
 pub mod detect;
 pub mod discover;

@@ -79,13 +79,18 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
 
     let mut identity_store = None;
-    let tls = match (&cfg.identity_addr, &cfg.trust_anchors) {
+    // A file (re-read when it changes) or PEM text; the configuration allows only one.
+    let anchors = cfg.trust_anchors.as_deref().map(Ok).or_else(|| cfg.trust_anchors_pem.as_deref().map(Err));
+    let tls = match (&cfg.identity_addr, anchors) {
         (Some(addr), Some(anchors)) => {
             let spiffe = identity::spiffe_id(&cfg.trust_domain, &cfg.namespace, &cfg.service_account);
             let server_name = identity::server_name_for(&spiffe).ok_or_else(|| RunError::Identity(spiffe.clone()))?;
             let store = identity::Store::new(spiffe, server_name);
             identity_store = Some(store.clone());
-            let tls = Tls::new(anchors, store.clone())?;
+            let tls = match anchors {
+                Ok(path) => Tls::new(path, store.clone())?,
+                Err(pem) => Tls::from_pem(pem, store.clone())?,
+            };
             let certifier = Certifier {
                 addr: addr.clone(),
                 server_id: cfg.identity_server_id.clone(),

@@ -87,6 +87,8 @@ pub struct Context {
     pub trust_anchors_pem: Option<String>,
     pub trust_domain: String,
     pub cluster_domain: String,
+    /// The namespaces' Strait annotations (namespace-wide opt-in and overrides), kept by a watch.
+    pub namespaces: Option<crate::k8s::namespaces::Namespaces>,
 }
 
 impl Context {
