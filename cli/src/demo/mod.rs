@@ -99,6 +99,7 @@ services:
     ports: [{{port: 8080, protocol: http}}]
     annotations:
       retry.strait.io/http: "5xx"
+      circuit.strait.io/consecutive-failures: "5"
     endpoints:
       - {{address: "{o1}", proxy: "{p1}", workload: orders-1}}
       - {{address: "{o2}", proxy: "{p2}", workload: orders-2}}
@@ -131,6 +132,7 @@ services:
         (false, Ok(ctl)) => {
             let disc = free_addr()?;
             let ident = free_addr()?;
+            let admin = free_addr()?;
             identity = Some(ident.to_string());
             let args = vec![
                 "--mesh-file".into(),
@@ -142,12 +144,12 @@ services:
                 "--identity-addr".into(),
                 ident.to_string(),
                 "--admin-addr".into(),
-                free_addr()?.to_string(),
+                admin.to_string(),
                 "--webhook-addr".into(),
                 free_addr()?.to_string(),
             ];
             procs.push(spawn(&dir, "controller", &ctl, &args, &[])?);
-            println!("controller    discovery on {disc}, identity on {ident}");
+            println!("controller    discovery on {disc}, identity on {ident}, admin on {admin}");
             let anchors = state.join("trust-anchors.pem");
             for _ in 0..100 {
                 if anchors.exists() {
@@ -192,7 +194,8 @@ services:
     }
     println!("try: curl -x http://{} http://orders.demo:8080/\n", workloads[0].outbound);
 
-    load::spawn(workloads[0].outbound, vec!["http://orders.demo:8080/order", "http://payments.demo:8080/pay"], a.rps);
+    let targets = vec!["http://orders.demo:8080/order", "http://payments.demo:8080/pay"];
+    let counts = load::spawn(workloads[0].outbound, targets.clone(), a.rps);
 
     let start = tokio::time::Instant::now();
     let mut before = client_snapshot(workloads[0].admin).await;
@@ -217,6 +220,16 @@ services:
         let now = client_snapshot(workloads[0].admin).await;
         println!("t={t}s  golden metrics of 'web' (outbound, last {}s)", a.interval);
         print!("{}", crate::stat::render(&now.delta(&before), "outbound", a.interval as f64));
+        // What the load generator itself got back so far (completed requests, not a rate).
+        let seen: Vec<String> = targets
+            .iter()
+            .zip(counts.iter())
+            .map(|(t, c)| {
+                let host = t.trim_start_matches("http://").split('/').next().unwrap_or(t);
+                format!("{host} ok {} failed {}", c.ok.load(Ordering::Relaxed), c.failed.load(Ordering::Relaxed))
+            })
+            .collect();
+        println!("load totals   {}", seen.join(", "));
         before = now;
         if a.duration.is_some_and(|d| t >= d) {
             break;
