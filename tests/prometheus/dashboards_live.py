@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -58,8 +59,11 @@ def free_port():
 
 
 def get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        fail(f"GET {urllib.parse.unquote(url)}: {e.code} {e.read().decode(errors='replace')}")
 
 
 def query(prom, expr, at=None):
@@ -217,18 +221,22 @@ def metric_names(expr):
     return {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", bare) if n.startswith(("strait_", "process_")) or ":" in n}
 
 
-def success_check(prom, demo):
+def success_check(prom, demo, scraping_since):
     """The mesh overview's success rate per service against the load generator's own counts."""
     board = json.loads((ROOT / "charts/strait/dashboards/mesh.json").read_text())
     panel = next(p for p in board["panels"] if p["type"] == "timeseries" and p["title"] == "Success rate")
     expr_t = panel["targets"][0]["expr"].replace('$namespace', 'demo')
     with demo.lock:
         totals = list(demo.totals)
-    # The two load printouts furthest apart (at least 15 s) that Prometheus has scraped past.
+    # Two load printouts at least 15 s apart, both within what Prometheus scraped: the first a
+    # couple of scrapes after the first one (a window reaching back before it would count requests
+    # Prometheus never saw), the last a few scrapes back from now.
     t2, seen2 = totals[-3]
-    t1, seen1 = next(((t, s) for t, s in totals if t <= t2 - 15), totals[0])
+    t1, seen1 = next(((t, s) for t, s in totals if t >= scraping_since + 2), totals[-1])
+    if t2 - t1 < 15:
+        fail(f"load totals span only {t2 - t1:.0f} s of the scraped time")
     window = t2 - t1
-    expr = expr_t.replace("$__rate_interval", f"{window:.3f}s")
+    expr = expr_t.replace("$__rate_interval", f"{round(window * 1000)}ms")
     got = {r["metric"].get("dst_service"): float(r["value"][1]) for r in query(prom, expr, at=t2)}
     lines = []
     for svc in sorted(seen2):
@@ -275,6 +283,7 @@ def main():
                 time.sleep(0.2)
         else:
             fail("prometheus not ready in 20 s")
+        scraping_since = time.time()
         log(f"prometheus {prom} scraping {len(demo.proxies)} proxies and the controller every 1 s")
 
         # promtool check metrics on every /metrics body (lint problems are failures).
@@ -354,7 +363,7 @@ def main():
         log(f"{panels} panel queries of {len(DASHBOARDS)} dashboards, {len(recording_rules())} recording rules "
             f"and the metrics of {len(alerts)} alerts: all non-empty; {n_rules} rules healthy")
 
-        window, lines = success_check(prom, demo)
+        window, lines = success_check(prom, demo, scraping_since)
         log(f"success rate over {window:.0f} s, dashboard vs load generator: " + "; ".join(lines))
         print(f"ran: {panels} panel queries, {len(recording_rules())} recording rules, {len(alerts)} alerts' metrics "
               f"non-empty on a real Prometheus; success rate within 2 points of the load generator "

@@ -207,12 +207,18 @@ services:
             _ = tokio::signal::ctrl_c() => break,
         }
         let t = start.elapsed().as_secs();
-        // The fault schedule: orders-2 fails a third of its requests from 10 s to 30 s, payments
-        // slows down from 20 s to 30 s; then everything heals, and the cycle repeats every 40 s.
+        // The fault schedule: orders-2 fails a third of its requests from 10 s to 30 s (orders
+        // retries 5xx, so callers hardly see it), payments fails a tenth from 15 s to 30 s (no
+        // retries: callers see it) and slows down from 20 s to 30 s; then everything heals, and the
+        // cycle repeats every 40 s.
         let phase = t % 40;
         let (err, slow) = (if (10..30).contains(&phase) { 33 } else { 0 }, if (20..30).contains(&phase) { 200 } else { 20 });
         if orders2.faults.error_percent.swap(err, Ordering::Relaxed) != err {
             println!("-- t={t}s fault: orders-2 now fails {err}% of requests");
+        }
+        let pay_err = if (15..30).contains(&phase) { 10 } else { 0 };
+        if payments.faults.error_percent.swap(pay_err, Ordering::Relaxed) != pay_err {
+            println!("-- t={t}s fault: payments now fails {pay_err}% of requests");
         }
         if payments.faults.latency_ms.swap(slow, Ordering::Relaxed) != slow {
             println!("-- t={t}s fault: payments latency now ~{slow} ms");
