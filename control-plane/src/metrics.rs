@@ -173,6 +173,9 @@ impl Metrics {
         for result in crate::webhook::review::ReviewResult::ALL {
             m.webhook_reviews.with_label_values(&[result.as_str()]).inc_by(0);
         }
+        for reason in crate::discovery::STREAM_ERROR_REASONS {
+            m.stream_errors.with_label_values(&[reason]).inc_by(0);
+        }
         Ok(m)
     }
 
@@ -205,6 +208,7 @@ mod tests {
             "strait_controller_subscriptions 0",
             "strait_discovery_updates_total{kind=\"service\"} 0",
             "strait_discovery_nacks_total 0",
+            "strait_discovery_stream_errors_total{reason=\"hello_timeout\"} 0",
             "strait_controller_certificates_issued_total{result=\"denied\"} 0",
             "strait_controller_issuer_reloads_total{result=\"error\"} 0",
         ] {
