@@ -27,6 +27,9 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("proxy is shutting down")]
     ShuttingDown,
+    /// The destination is one of this proxy's own listeners.
+    #[error("request loops back to the proxy")]
+    LoopDetected,
 }
 
 impl ProxyError {
@@ -42,6 +45,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream-failed",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::LoopDetected => "loop-detected",
         }
     }
 
@@ -56,6 +60,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
         }
     }
 

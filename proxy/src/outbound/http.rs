@@ -185,10 +185,11 @@ impl Handler {
         self.ob.metrics.passthrough.with_label_values(&[DIRECTION, "http"]).inc();
         let addr = match &self.target {
             Target::OrigDst(a) => *a,
+            _ if self.ob.own.named_by(authority) => return Err(ProxyError::LoopDetected),
             _ => self.ob.dns.resolve(authority).await.map_err(ProxyError::ConnectFailed)?,
         };
-        if addr == self.ob.cfg.outbound_addr {
-            return Err(ProxyError::BadRequest("request loops back to the proxy"));
+        if self.ob.own.contains(addr) {
+            return Err(ProxyError::LoopDetected);
         }
         self.direct(req, addr, authority).await
     }
@@ -215,6 +216,9 @@ impl Handler {
         let Some(authority) = req.uri().authority().map(|a| Arc::<str>::from(a.as_str())) else {
             return ProxyError::BadRequest("CONNECT needs host:port").into_response();
         };
+        if self.ob.own.named_by(&authority) {
+            return ProxyError::LoopDetected.into_response();
+        }
         let ob = self.ob.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {

@@ -18,7 +18,7 @@ use crate::{
     drain::{self, Drain},
     http::client::Clients,
     metrics::Metrics,
-    transport::{Counted, orig_dst::orig_dst},
+    transport::{Counted, orig_dst::orig_dst, own::OwnListeners},
 };
 
 pub(crate) const DIRECTION: &str = "outbound";
@@ -31,6 +31,8 @@ pub struct Outbound {
     pub(crate) dns: crate::dns::Dns,
     pub(crate) metrics: Metrics,
     pub(crate) drain: Drain,
+    /// Where traffic must never be sent: back into this proxy.
+    pub(crate) own: OwnListeners,
 }
 
 /// Where the client meant its connection to go, before any request says more.
@@ -57,6 +59,7 @@ impl Outbound {
     ) -> Arc<Self> {
         let clients = Clients::new(cfg.connect_timeout, tls, metrics.clone());
         Arc::new(Outbound {
+            own: OwnListeners::new(&cfg),
             cfg,
             discovery,
             clients,
