@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// The destination is one of this proxy's own listeners.
     #[error("request loops back to the proxy")]
     LoopDetected,
+    /// The request's header list is over [`super::headers::DEFAULT_MAX_HEADER_LIST_SIZE`].
+    #[error("request header list too large")]
+    HeadersTooLarge,
 }
 
 impl ProxyError {
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::LoopDetected => "loop-detected",
+            ProxyError::HeadersTooLarge => "headers-too-large",
         }
     }
 
@@ -61,6 +65,7 @@ impl ProxyError {
             }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 

@@ -365,6 +365,9 @@ struct Handler {
 impl Handler {
     async fn handle(self, req: http::Request<Incoming>) -> Result<Response, Infallible> {
         let start = Instant::now();
+        if let Err(e) = headers::check_size(req.headers()) {
+            return Ok(e.into_response());
+        }
         let mut req = req.map(Body::from);
         // Only the inbound side vouches for a client's identity; never trust one from the wire.
         req.headers_mut().remove(headers::CLIENT_ID);

@@ -41,6 +41,9 @@ pub(super) async fn serve_h2<I: Io>(ob: Arc<Outbound>, io: I, target: Target, wa
 impl Handler {
     async fn handle(self, req: http::Request<Incoming>) -> Result<Response, Infallible> {
         let start = Instant::now();
+        if let Err(e) = headers::check_size(req.headers()) {
+            return Ok(e.into_response());
+        }
         if req.method() == Method::CONNECT {
             return Ok(self.connect(req));
         }

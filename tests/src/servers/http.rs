@@ -84,9 +84,11 @@ pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
             .unwrap_or(HeaderValue::from_static(""));
         async move {
             let service = service_fn(move |request| handle(state.clone(), peer.clone(), request));
-            auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Large header lists are the proxy's to limit, not the test app's (hyper's HTTP/2
+            // default is 16 KiB).
+            builder.http2().max_header_list_size(256 * 1024);
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
         }
     })
     .await
