@@ -78,6 +78,9 @@ pub struct Config {
     /// Ports whose traffic skips protocol detection (server-speaks-first protocols).
     pub inbound_opaque_ports: Vec<u16>,
     pub outbound_opaque_ports: Vec<u16>,
+    /// Ports of the workload a peer proxy may name, besides those the controller's inbound policy
+    /// lists (`STRAIT_INBOUND_PORTS`).
+    pub inbound_ports: Vec<u16>,
 }
 
 /// Whether the inbound side accepts plaintext from outside the mesh.
@@ -201,6 +204,7 @@ impl Config {
         };
         let inbound_opaque_ports = ports("STRAIT_INBOUND_OPAQUE_PORTS");
         let outbound_opaque_ports = ports("STRAIT_OUTBOUND_OPAQUE_PORTS");
+        let inbound_ports = ports("STRAIT_INBOUND_PORTS");
 
         let log_json = match get("STRAIT_LOG_FORMAT").as_deref() {
             None | Some("plain") => false,
@@ -262,6 +266,7 @@ impl Config {
             shutdown_accept,
             inbound_opaque_ports,
             outbound_opaque_ports,
+            inbound_ports,
         })
     }
 }

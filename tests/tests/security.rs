@@ -5,6 +5,8 @@
 //!   508 `strait-error: loop-detected` instead of being sent back into the proxy.
 //! - header limits: a request header list of up to 64 KiB crosses a proxy pair (mTLS, HTTP/2
 //!   between the proxies), beyond it the client gets 431 `strait-error: headers-too-large`.
+//! - local ports: a peer's transport header may name only the ports the workload serves, and never
+//!   one of the proxy's own listeners by `0.0.0.0`/`[::]`/loopback.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -15,6 +17,7 @@ use strait_tests::{
     ControllerHandle, ProxyHandle, TestDir, controller, free_addr, free_port, http_connect_tunnel, proxy_named,
     send_h2c, send_http1, testsrv_in,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Whether this host can listen on `[::1]` (the IPv6 cases are skipped where it cannot).
 fn has_ipv6() -> bool {
@@ -104,11 +107,16 @@ struct MeshedPair {
     dir: TestDir,
     _ctl: ControllerHandle,
     _app: strait_tests::Process,
+    app: SocketAddr,
     a: ProxyHandle,
     b: ProxyHandle,
 }
 
 async fn meshed_pair(label: &str) -> MeshedPair {
+    meshed_pair_with(label, &[]).await
+}
+
+async fn meshed_pair_with(label: &str, server_env: &[(&'static str, String)]) -> MeshedPair {
     let dir = TestDir::new(label);
     let (app_p, app) = testsrv_in(dir.path(), "http", "web").await;
     let b_in = free_addr();
@@ -140,9 +148,11 @@ services:
             proxy_named(name, &refs).await
         }
     };
-    let b = start("proxy-server", "server", "server-sa", vec![("STRAIT_INBOUND_ADDR", b_in.to_string())]).await;
+    let mut b_env = vec![("STRAIT_INBOUND_ADDR", b_in.to_string())];
+    b_env.extend(server_env.iter().cloned());
+    let b = start("proxy-server", "server", "server-sa", b_env).await;
     let a = start("proxy-client", "client", "client-sa", vec![]).await;
-    MeshedPair { dir, _ctl: ctl, _app: app_p, a, b }
+    MeshedPair { dir, _ctl: ctl, _app: app_p, app, a, b }
 }
 
 /// `curl` through `proxy` with `size` bytes of extra header values (in fields of at most 16 KiB:
@@ -201,4 +211,68 @@ async fn header_lists_up_to_64_kib_cross_a_meshed_pair_and_larger_ones_get_431()
         &[("direction", "outbound"), ("result", "ok")],
     );
     assert!(handshakes >= 1.0, "the pair did not use mTLS");
+}
+
+/// What a peer proxy sends (plaintext, as a permissive inbound side accepts it): the transport
+/// header naming `port` with HTTP/1 framing, then one request. The raw answer, empty when the
+/// connection is closed without one.
+async fn as_a_peer(inbound: SocketAddr, port: u16) -> String {
+    let mut head = b"strait\0\x01".to_vec();
+    head.extend_from_slice(&3u16.to_be_bytes());
+    head.extend_from_slice(&port.to_be_bytes());
+    head.push(2);
+    head.extend_from_slice(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    tcp.write_all(&head).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test]
+async fn a_peer_reaches_only_the_ports_the_workload_serves() {
+    let p = meshed_pair("security-ports").await;
+    // Listening in the server's pod, but no service of the mesh reaches it there.
+    let (_secret_p, secret) = testsrv_in(p.dir.path(), "http", "secret").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let answer = as_a_peer(p.b.inbound, secret.port()).await;
+        if answer.starts_with("HTTP/1.1 403") || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        // The inbound policy may not have arrived yet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("strait-error: port-not-allowed"), "{refused}");
+    let allowed = as_a_peer(p.b.inbound, p.app.port()).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    let m = p.b.metrics().await;
+    assert!(strait_tests::metrics::value(&m, "strait_inbound_refused_total", &[("reason", "port")]) >= 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_peer_cannot_name_the_proxys_own_ports_through_unspecified_or_loopback_addresses() {
+    let dir = TestDir::new("security-own-ports");
+    let mesh = dir.write("mesh.yaml", "trustDomain: cluster.local\nworkloads: []\nservices: []\n");
+    let admin = free_port();
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let inbound_ports = admin.to_string();
+    for local_ip in ["0.0.0.0", "127.0.0.2"] {
+        let p = proxy_named(
+            "proxy-own-ports",
+            &[
+                ("STRAIT_DISCOVERY_FILE", mesh.to_str().unwrap()),
+                ("STRAIT_ADMIN_ADDR", admin_addr.as_str()),
+                ("STRAIT_INBOUND_LOCAL_IP", local_ip),
+                // Even a port the workload is said to serve is refused when it is the proxy's own.
+                ("STRAIT_INBOUND_PORTS", inbound_ports.as_str()),
+            ],
+        )
+        .await;
+        let answer = as_a_peer(p.inbound, admin).await;
+        assert_eq!(answer, "", "{local_ip}: the admin port answered a peer");
+        let m = p.metrics().await;
+        assert_eq!(strait_tests::metrics::value(&m, "strait_inbound_refused_total", &[("reason", "loop")]), 1.0, "{m}");
+    }
 }

@@ -33,6 +33,9 @@ pub enum ProxyError {
     /// The request's header list is over [`super::headers::DEFAULT_MAX_HEADER_LIST_SIZE`].
     #[error("request header list too large")]
     HeadersTooLarge,
+    /// A peer named a port the workload does not serve.
+    #[error("port not served by the workload")]
+    PortNotAllowed,
 }
 
 impl ProxyError {
@@ -50,6 +53,7 @@ impl ProxyError {
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::LoopDetected => "loop-detected",
             ProxyError::HeadersTooLarge => "headers-too-large",
+            ProxyError::PortNotAllowed => "port-not-allowed",
         }
     }
 
@@ -66,6 +70,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::PortNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
