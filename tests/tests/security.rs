@@ -7,6 +7,8 @@
 //!   between the proxies), beyond it the client gets 431 `strait-error: headers-too-large`.
 //! - local ports: a peer's transport header may name only the ports the workload serves, and never
 //!   one of the proxy's own listeners by `0.0.0.0`/`[::]`/loopback.
+//! - retries: a `strait-error: connect-failed` that an application (meshed or not) sends itself does
+//!   not make a POST look safe to send again.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -274,5 +276,53 @@ async fn a_peer_cannot_name_the_proxys_own_ports_through_unspecified_or_loopback
         assert_eq!(answer, "", "{local_ip}: the admin port answered a peer");
         let m = p.metrics().await;
         assert_eq!(strait_tests::metrics::value(&m, "strait_inbound_refused_total", &[("reason", "loop")]), 1.0, "{m}");
+    }
+}
+
+#[tokio::test]
+async fn an_imitated_connect_failed_from_a_server_does_not_get_a_post_retried() {
+    let dir = TestDir::new("security-retry");
+    let (_meshed_p, meshed_app) = testsrv_in(dir.path(), "http", "meshed").await;
+    let (_plain_p, plain_app) = testsrv_in(dir.path(), "http", "plain").await;
+    let b_in = free_addr();
+    let mesh = format!(
+        r#"trustDomain: cluster.local
+workloads:
+  - {{name: server, namespace: demo, serviceAccount: server}}
+services:
+  - name: meshed
+    namespace: demo
+    ports: [{{port: 8080, protocol: http}}]
+    annotations: {{retry.strait.io/http: "connect-failure,5xx"}}
+    endpoints: [{{address: "{meshed_app}", proxy: "{b_in}", workload: server}}]
+  - name: plain
+    namespace: demo
+    ports: [{{port: 8080, protocol: http}}]
+    annotations: {{retry.strait.io/http: "connect-failure,5xx"}}
+    endpoints: [{{address: "{plain_app}"}}]
+"#
+    );
+    let mesh = dir.write("mesh.yaml", mesh);
+    let mesh = mesh.to_str().unwrap();
+    let b_in_s = b_in.to_string();
+    let _b = proxy_named(
+        "proxy-b",
+        &[
+            ("STRAIT_DISCOVERY_FILE", mesh),
+            ("STRAIT_NAMESPACE", "demo"),
+            ("STRAIT_WORKLOAD", "server"),
+            ("STRAIT_INBOUND_ADDR", b_in_s.as_str()),
+        ],
+    )
+    .await;
+    let a = proxy_named("proxy-a", &[("STRAIT_DISCOVERY_FILE", mesh), ("STRAIT_NAMESPACE", "demo")]).await;
+    for (service, app) in [("meshed", meshed_app), ("plain", plain_app)] {
+        let url = format!("http://{service}.demo:8080/status/502?strait-error=connect-failed");
+        let req =
+            Request::post(&url).header("host", format!("{service}.demo:8080")).body(Empty::<Bytes>::new()).unwrap();
+        let r = send_http1(a.outbound, req).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{service}");
+        let count = strait_tests::http_get(&format!("http://{app}/count")).await.unwrap().text();
+        assert_eq!(count.trim(), "1", "{service}: the POST was sent {count} times");
     }
 }

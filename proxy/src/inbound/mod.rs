@@ -425,6 +425,8 @@ impl Handler {
         };
         let rsp = match result {
             Ok(mut rsp) => {
+                // `strait-error` is the proxies' word; an application's own would be believed upstream.
+                rsp.headers_mut().remove(crate::http::errors::STRAIT_ERROR);
                 let peer_tls = self.peer_id.is_some();
                 let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
                     let owned = OwnedLabels {

@@ -167,7 +167,10 @@ impl Handler {
                 let io = self.ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await?;
                 upgrade::send(io, req).await
             }
-            Some(proxy) => self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await,
+            Some(proxy) => self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await.map(|mut rsp| {
+                rsp.extensions_mut().insert(crate::outbound::policy::retry::FromPeerProxy);
+                rsp
+            }),
             None => {
                 // Not meshed: the request goes out as the client sent it.
                 if req.headers_mut().remove(headers::ORIG_PROTO).is_some() {

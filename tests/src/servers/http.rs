@@ -175,7 +175,15 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Boxed> {
                 Err(_) => with_status(StatusCode::BAD_REQUEST, "bad length"),
             }
         }
-        (_, p) if p.starts_with("/status/") => status(&p["/status/".len()..]),
+        (_, p) if p.starts_with("/status/") => {
+            let mut response = status(&p["/status/".len()..]);
+            // `?strait-error=<value>`: an application that imitates the proxy's error header.
+            let imitated = request.uri().query().into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("strait-error="));
+            if let Some(v) = imitated.and_then(|v| HeaderValue::from_str(v).ok()) {
+                response.headers_mut().insert("strait-error", v);
+            }
+            response
+        }
         _ => {
             let target = request
                 .uri()
