@@ -93,6 +93,9 @@ pub struct Config {
     pub outbound_opaque_ports: Vec<u16>,
     /// The application's kubelet probes, run through the admin port (`STRAIT_APP_PROBES`).
     pub app_probes: AppProbes,
+    /// Ports of the workload a peer proxy may name, besides those the controller's inbound policy
+    /// lists (`STRAIT_INBOUND_PORTS`).
+    pub inbound_ports: Vec<u16>,
 }
 
 /// Whether the inbound side accepts plaintext from outside the mesh.
@@ -217,6 +220,7 @@ impl Config {
         };
         let inbound_opaque_ports = ports("STRAIT_INBOUND_OPAQUE_PORTS");
         let outbound_opaque_ports = ports("STRAIT_OUTBOUND_OPAQUE_PORTS");
+        let inbound_ports = ports("STRAIT_INBOUND_PORTS");
 
         let log_json = match get("STRAIT_LOG_FORMAT").as_deref() {
             None | Some("plain") => false,
@@ -294,6 +298,7 @@ impl Config {
             inbound_opaque_ports,
             outbound_opaque_ports,
             app_probes,
+            inbound_ports,
         })
     }
 }

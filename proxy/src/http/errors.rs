@@ -29,6 +29,15 @@ pub enum ProxyError {
     ShuttingDown,
     #[error(transparent)]
     DiscoveryUnavailable(#[from] crate::discover::Unavailable),
+    /// The destination is one of this proxy's own listeners.
+    #[error("request loops back to the proxy")]
+    LoopDetected,
+    /// The request's header list is over [`super::headers::DEFAULT_MAX_HEADER_LIST_SIZE`].
+    #[error("request header list too large")]
+    HeadersTooLarge,
+    /// A peer named a port the workload does not serve.
+    #[error("port not served by the workload")]
+    PortNotAllowed,
 }
 
 impl ProxyError {
@@ -45,6 +54,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
+            ProxyError::LoopDetected => "loop-detected",
+            ProxyError::HeadersTooLarge => "headers-too-large",
+            ProxyError::PortNotAllowed => "port-not-allowed",
         }
     }
 
@@ -59,6 +71,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::PortNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 

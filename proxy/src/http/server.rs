@@ -21,7 +21,7 @@ use hyper::{body::Incoming, service::Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Response;
+use super::{Response, headers::CODEC_MAX_HEADER_LIST_SIZE};
 use crate::drain::{self, Drain};
 
 /// A client has this long to send a request's headers; slow-loris connections are closed.
@@ -39,6 +39,7 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(CODEC_MAX_HEADER_LIST_SIZE)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -63,6 +64,7 @@ where
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE)
+        .max_header_list_size(CODEC_MAX_HEADER_LIST_SIZE as u32)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let r = tokio::select! {

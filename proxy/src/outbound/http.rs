@@ -41,6 +41,9 @@ pub(super) async fn serve_h2<I: Io>(ob: Arc<Outbound>, io: I, target: Target, wa
 impl Handler {
     async fn handle(self, req: http::Request<Incoming>) -> Result<Response, Infallible> {
         let start = Instant::now();
+        if let Err(e) = headers::check_size(req.headers()) {
+            return Ok(e.into_response());
+        }
         if req.method() == Method::CONNECT {
             return Ok(self.connect(req));
         }
@@ -185,7 +188,10 @@ impl Handler {
                 let io = self.ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await?;
                 upgrade::send(io, req).await
             }
-            Some(proxy) => self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await,
+            Some(proxy) => self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await.map(|mut rsp| {
+                rsp.extensions_mut().insert(crate::outbound::policy::retry::FromPeerProxy);
+                rsp
+            }),
             None => {
                 // Not meshed: the request goes out as the client sent it.
                 if req.headers_mut().remove(headers::ORIG_PROTO).is_some() {
@@ -206,10 +212,11 @@ impl Handler {
         self.ob.metrics.passthrough.with_label_values(&[DIRECTION, "http"]).inc();
         let addr = match &self.target {
             Target::OrigDst(a) => *a,
+            _ if self.ob.own.named_by(authority) => return Err(ProxyError::LoopDetected),
             _ => self.ob.dns.resolve(authority).await.map_err(ProxyError::ConnectFailed)?,
         };
-        if addr == self.ob.cfg.outbound_addr {
-            return Err(ProxyError::BadRequest("request loops back to the proxy"));
+        if self.ob.own.contains(addr) {
+            return Err(ProxyError::LoopDetected);
         }
         self.direct(req, addr, authority).await
     }
@@ -236,6 +243,9 @@ impl Handler {
         let Some(authority) = req.uri().authority().map(|a| Arc::<str>::from(a.as_str())) else {
             return ProxyError::BadRequest("CONNECT needs host:port").into_response();
         };
+        if self.ob.own.named_by(&authority) {
+            return ProxyError::LoopDetected.into_response();
+        }
         let ob = self.ob.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {

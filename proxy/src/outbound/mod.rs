@@ -18,7 +18,7 @@ use crate::{
     drain::{self, Drain},
     http::client::Clients,
     metrics::Metrics,
-    transport::{Counted, orig_dst::orig_dst},
+    transport::{Counted, orig_dst::orig_dst, own::OwnListeners},
 };
 
 pub(crate) const DIRECTION: &str = "outbound";
@@ -35,6 +35,8 @@ pub struct Outbound {
     /// source labels of every outbound request, made once.
     pub(crate) src_workload: Arc<str>,
     pub(crate) src_namespace: Arc<str>,
+    /// Where traffic must never be sent: back into this proxy.
+    pub(crate) own: OwnListeners,
 }
 
 /// Where the client meant its connection to go, before any request says more.
@@ -63,6 +65,7 @@ impl Outbound {
         Arc::new(Outbound {
             src_workload: Arc::from(cfg.workload.as_str()),
             src_namespace: Arc::from(cfg.namespace.as_str()),
+            own: OwnListeners::new(&cfg),
             cfg,
             discovery,
             clients,
