@@ -223,10 +223,30 @@ async fn a_pod_is_injected_once_and_its_patch_applies() {
         assert_eq!(python_apply(&python, pod, &patch), patched, "jsonpatch (Python) and json-patch (Rust) agree");
         eprintln!("the patch applied with Python jsonpatch ({python}) gives the expected pod");
     }
-    // What stays true of any injection (contracts.md): the marker, and the app's container kept.
+    // The injector's pod: the marker, the proxy as a native sidecar (the test API server says 1.31)
+    // after the init container that writes the rules, and the app's container kept but for its
+    // probes, which now go through the proxy's admin port (the originals in STRAIT_APP_PROBES).
     assert!(patched["metadata"]["annotations"]["strait.io/injected"].is_string(), "{patched}");
-    let containers = patched["spec"]["containers"].as_array().unwrap();
-    assert!(containers.iter().any(|c| c == &pod["spec"]["containers"][0]), "the app container is kept: {patched}");
+    let inits: Vec<&str> =
+        patched["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(inits, ["strait-init", "strait-proxy"], "{patched}");
+    let proxy = &patched["spec"]["initContainers"][1];
+    assert_eq!(proxy["restartPolicy"], "Always", "{proxy}");
+    let env = |name: &str| proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+    let probes: serde_json::Value = serde_json::from_str(env("STRAIT_APP_PROBES").unwrap().as_str().unwrap()).unwrap();
+    assert_eq!(probes["web/readiness"]["path"], "/healthz", "{probes}");
+    assert!(probes["web/readiness"]["port"].is_u64(), "named port resolved: {probes}");
+    assert_eq!(probes["web/liveness"]["tcp"], true, "{probes}");
+    let app = patched["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "web").unwrap();
+    assert_eq!(app["readinessProbe"]["httpGet"]["path"], "/app-probe/web/readiness", "{app}");
+    assert_eq!(app["readinessProbe"]["httpGet"]["port"], 7191, "{app}");
+    let (mut app_sans_probes, mut original) = (app.clone(), pod["spec"]["containers"][0].clone());
+    for c in [&mut app_sans_probes, &mut original] {
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            c.as_object_mut().unwrap().remove(probe);
+        }
+    }
+    assert_eq!(app_sans_probes, original, "the app container is kept but for its probes");
 
     // The injected pod, reviewed again, is left as it is.
     let mut again = review.clone();
