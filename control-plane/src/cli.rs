@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::{CaSource, Config, IdentityConfig, identity::ca::IssuerFiles, k8s, logging::LogFormat};
+use crate::{CaSource, Config, IdentityConfig, discovery, identity::ca::IssuerFiles, k8s, logging::LogFormat};
 
 /// Set in every Kubernetes pod; where it is, Kubernetes mode is the default.
 pub const IN_CLUSTER_ENV: &str = "KUBERNETES_SERVICE_HOST";
@@ -72,6 +72,10 @@ pub struct Args {
     /// Injector webhook HTTPS listen address (Kubernetes mode; not served yet).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: SocketAddr,
+    /// Subscriptions one discovery stream (one proxy) may hold; past it the stream ends with
+    /// RESOURCE_EXHAUSTED naming the cap, and the proxy backs off before it reconnects.
+    #[arg(long, value_name = "N", default_value_t = discovery::DEFAULT_MAX_SUBSCRIPTIONS, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub max_subscriptions: usize,
     /// The cluster's DNS domain, as in `name.ns.svc.<domain>`.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -119,6 +123,7 @@ impl Args {
             admin_addr: self.admin_addr,
             cluster_domain: self.cluster_domain.clone(),
             identity,
+            limits: discovery::Limits { max_subscriptions: self.max_subscriptions, ..base.limits },
             ..base
         })
     }

@@ -69,6 +69,9 @@ pub struct Metrics {
     pub identity_certify: IntCounterVec,
     pub identity_expiry: IntGauge,
     pub inbound_refused: IntCounterVec,
+    /// `strait_connections_refused_total{listener}`: closed at accept, the listener's connection
+    /// limit reached (`admin`, `inbound`, `outbound`).
+    pub connections_refused: IntCounterVec,
     pub retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounterVec,
     pub circuit_open: IntGaugeVec,
@@ -145,6 +148,15 @@ impl Metrics {
             "Inbound connections refused by policy (strict mode plaintext, TLS not meant for this proxy).",
             &["reason"],
         );
+        let connections_refused = counter(
+            "strait_connections_refused_total",
+            "Connections closed as soon as they were accepted because the listener's connection limit was reached.",
+            &["listener"],
+        );
+        // At 0 from the start, so an alert on the rate sees every listener.
+        for listener in ["admin", "inbound", "outbound"] {
+            connections_refused.with_label_values(&[listener]);
+        }
         let retries = counter("strait_retries_total", "Requests sent again, by reason.", &["dst_service", "reason"]);
         let retry_budget_exhausted = counter(
             "strait_retry_budget_exhausted_total",
@@ -222,6 +234,7 @@ impl Metrics {
             identity_certify,
             identity_expiry,
             inbound_refused,
+            connections_refused,
             retries,
             retry_budget_exhausted,
             circuit_open,

@@ -74,7 +74,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 workload: cfg.workload.clone(),
                 service_account: cfg.service_account.clone(),
             };
-            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone(), dns.clone());
+            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone(), dns.clone(), cfg.max_subscriptions);
             discovery = d;
             tokio::spawn(task);
         }
@@ -86,7 +86,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             let spiffe = identity::spiffe_id(&cfg.trust_domain, &cfg.namespace, &cfg.service_account);
             let server_name = identity::server_name_for(&spiffe).ok_or_else(|| RunError::Identity(spiffe.clone()))?;
             let store = identity::Store::new(spiffe, server_name);
-            let tls = Tls::new(anchors, store.clone())?;
+            let tls = Tls::new(anchors, store.clone(), cfg.tls_handshake_timeout)?;
             let certifier = Certifier {
                 addr: addr.clone(),
                 server_id: cfg.identity_server_id.clone(),

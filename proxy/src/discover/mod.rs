@@ -71,8 +71,9 @@ impl Discovery {
         who: remote::Identity,
         metrics: crate::metrics::Metrics,
         dns: crate::dns::Dns,
+        max_subscriptions: usize,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (client, task) = remote::Client::new(addr, who, metrics, dns);
+        let (client, task) = remote::Client::new(addr, who, metrics, dns, max_subscriptions);
         (Discovery { table: Arc::default(), remote: Some(client) }, task)
     }
 

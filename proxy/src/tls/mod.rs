@@ -5,6 +5,10 @@
 //! chained to the anchors is required, and its URI SAN becomes the peer's identity. Certificates
 //! come from the identity store at every handshake; the anchors file is re-read when it changes,
 //! so an anchor rotation needs no restart.
+//!
+//! Every handshake this side starts is bounded (`STRAIT_TLS_HANDSHAKE_TIMEOUT`): a peer that
+//! accepts TCP and then stalls fails the connect instead of holding the caller (and anything
+//! waiting on the same endpoint) forever.
 
 mod resolve;
 mod verify;
@@ -12,6 +16,7 @@ mod verify;
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use rustls::{
@@ -40,6 +45,7 @@ pub enum TlsError {
 
 pub struct Tls {
     pub store: Arc<Store>,
+    handshake_timeout: Duration,
     anchors_path: PathBuf,
     configs: RwLock<Configs>,
 }
@@ -59,6 +65,8 @@ pub enum HandshakeError {
     Failed(std::io::Error),
     #[error("{0:?} is not a valid identity")]
     BadIdentity(String),
+    #[error("TLS handshake did not complete within {0:?}")]
+    TimedOut(Duration),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -66,11 +74,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl Tls {
-    pub fn new(anchors_path: &Path, store: Arc<Store>) -> Result<Arc<Self>, TlsError> {
+    /// `handshake_timeout` bounds every handshake [`Tls::connect`] starts.
+    pub fn new(anchors_path: &Path, store: Arc<Store>, handshake_timeout: Duration) -> Result<Arc<Self>, TlsError> {
         let pem = std::fs::read(anchors_path)
             .map_err(|e| TlsError::Anchors(anchors_path.display().to_string(), e.to_string()))?;
         let configs = build(&pem, anchors_path, &store)?;
-        Ok(Arc::new(Tls { store, anchors_path: anchors_path.to_path_buf(), configs: RwLock::new(configs) }))
+        Ok(Arc::new(Tls {
+            store,
+            handshake_timeout,
+            anchors_path: anchors_path.to_path_buf(),
+            configs: RwLock::new(configs),
+        }))
     }
 
     /// Re-reads the anchors file; a bad file is reported and the current anchors kept.
@@ -98,7 +112,9 @@ impl Tls {
         let name = identity::server_name_for(identity).ok_or_else(|| HandshakeError::BadIdentity(identity.into()))?;
         let name = ServerName::try_from(name).map_err(|_| HandshakeError::BadIdentity(identity.into()))?;
         let connector = tokio_rustls::TlsConnector::from(self.client_config());
-        connector.connect(name, tcp).await.map_err(|e| {
+        let handshake = tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp));
+        let Ok(done) = handshake.await else { return Err(HandshakeError::TimedOut(self.handshake_timeout)) };
+        done.map_err(|e| {
             let mismatch = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
