@@ -74,8 +74,8 @@ pub struct Args {
     pub webhook_addr: SocketAddr,
     /// Subscriptions one discovery stream (one proxy) may hold; past it the stream ends with
     /// RESOURCE_EXHAUSTED naming the cap, and the proxy backs off before it reconnects.
-    #[arg(long, value_name = "N", default_value_t = discovery::DEFAULT_MAX_SUBSCRIPTIONS, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
-    pub max_subscriptions: usize,
+    #[arg(long, value_name = "N", default_value_t = discovery::DEFAULT_MAX_SUBSCRIPTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_subscriptions: u64,
     /// The cluster's DNS domain, as in `name.ns.svc.<domain>`.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -123,7 +123,10 @@ impl Args {
             admin_addr: self.admin_addr,
             cluster_domain: self.cluster_domain.clone(),
             identity,
-            limits: discovery::Limits { max_subscriptions: self.max_subscriptions, ..base.limits },
+            limits: discovery::Limits {
+                max_subscriptions: usize::try_from(self.max_subscriptions).unwrap_or(usize::MAX),
+                ..base.limits
+            },
             ..base
         })
     }
