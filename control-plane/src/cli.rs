@@ -4,7 +4,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::{CaSource, Config, IdentityConfig, discovery, identity::ca::IssuerFiles, k8s, logging::LogFormat};
+use crate::{
+    CaSource, Config, IdentityConfig, discovery,
+    identity::ca::IssuerFiles,
+    k8s,
+    logging::LogFormat,
+    webhook::{self, WebhookConfig},
+};
 
 /// Set in every Kubernetes pod; where it is, Kubernetes mode is the default.
 pub const IN_CLUSTER_ENV: &str = "KUBERNETES_SERVICE_HOST";
@@ -69,13 +75,22 @@ pub struct Args {
     /// Admin HTTP listen address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9990")]
     pub admin_addr: SocketAddr,
-    /// Injector webhook HTTPS listen address (Kubernetes mode; not served yet).
+    /// Injector webhook HTTPS listen address (Kubernetes mode, with --webhook-cert and --webhook-key).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: SocketAddr,
     /// Subscriptions one discovery stream (one proxy) may hold; past it the stream ends with
     /// RESOURCE_EXHAUSTED naming the cap, and the proxy backs off before it reconnects.
     #[arg(long, value_name = "N", default_value_t = discovery::DEFAULT_MAX_SUBSCRIPTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_subscriptions: u64,
+    /// The webhook's serving certificate (PEM; intermediates may follow), re-read when it changes.
+    #[arg(long, value_name = "FILE", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM: PKCS#8, SEC1 `EC PRIVATE KEY` or RSA), re-read when it changes.
+    #[arg(long, value_name = "FILE", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    /// The injector's settings (YAML: proxy image, addresses, resources; the chart's ConfigMap).
+    #[arg(long, value_name = "FILE")]
+    pub injector_config: Option<PathBuf>,
     /// The cluster's DNS domain, as in `name.ns.svc.<domain>`.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -118,7 +133,19 @@ impl Args {
         // files (a Secret) or an explicit --state-dir, else identity is not served.
         let identity = (!kubernetes || matches!(identity.ca, CaSource::Files(_)) || self.state_dir.is_some())
             .then_some(identity);
+        let webhook = match (&self.webhook_cert, &self.webhook_key) {
+            (Some(cert), Some(key)) => Some(WebhookConfig {
+                addr: self.webhook_addr,
+                cert: cert.clone(),
+                key: key.clone(),
+                injector_config: self.injector_config.clone(),
+                limits: webhook::server::Limits::default(),
+                build: crate::WEBHOOK_MUTATOR,
+            }),
+            _ => None,
+        };
         Ok(Config {
+            webhook,
             discovery_addr: self.discovery_addr,
             admin_addr: self.admin_addr,
             cluster_domain: self.cluster_domain.clone(),
@@ -242,5 +269,22 @@ mod tests {
         assert!(args(&["--kubernetes", "--mesh-file", "m"]).is_err());
         assert!(args(&["--kubeconfig", "k", "--mesh-file", "m"]).is_err());
         assert!(args(&["--mesh-file", "m", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn webhook_flags() {
+        let c = args(&["--kubernetes"]).unwrap().config_in(false).unwrap();
+        assert!(c.webhook.is_none(), "served only with a certificate");
+        let c = args(&["--kubernetes", "--webhook-addr=127.0.0.1:4", "--webhook-cert=c.pem", "--webhook-key=k.pem", "--injector-config=i.yaml"])
+            .unwrap()
+            .config_in(false)
+            .unwrap();
+        let w = c.webhook.unwrap();
+        assert_eq!((w.addr.port(), w.cert, w.key), (4, "c.pem".into(), "k.pem".into()));
+        assert_eq!(w.injector_config, Some("i.yaml".into()));
+        assert_eq!(w.limits, webhook::server::Limits::default());
+        // The certificate and the key go together.
+        assert!(args(&["--kubernetes", "--webhook-cert=c.pem"]).is_err());
+        assert!(args(&["--kubernetes", "--webhook-key=k.pem"]).is_err());
     }
 }

@@ -98,7 +98,7 @@ impl StreamError {
         }
     }
 
-    /// Bounded label for `strait_discovery_stream_errors_total`.
+    /// Bounded label for `strait_discovery_stream_errors_total` (one of [`STREAM_ERROR_REASONS`]).
     fn reason(&self) -> &'static str {
         match self {
             Self::NoHello => "no_hello",
@@ -112,6 +112,19 @@ impl StreamError {
         }
     }
 }
+
+/// Every value of `strait_discovery_stream_errors_total`'s `reason`, exported at 0 from the start so a
+/// healthy controller shows no errors rather than no data.
+pub const STREAM_ERROR_REASONS: [&str; 8] = [
+    "no_hello",
+    "hello_timeout",
+    "hello_twice",
+    "unknown_message",
+    "receive",
+    "too_many_subscriptions",
+    "shutting_down",
+    "client_gone",
+];
 
 /// The gRPC service. Cheap to clone; all state lives in the stream tasks and the store.
 #[derive(Clone)]

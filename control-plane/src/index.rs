@@ -341,7 +341,6 @@ impl Builder {
         } else {
             self.endpoints -= s.endpoints.len();
         }
-        let opaque = s.ports.iter().any(|p| p.protocol == Protocol::Opaque);
         for w in s.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
             let key = workload_key(&w.namespace, &w.name);
             if claim {
@@ -355,9 +354,8 @@ impl Builder {
                     self.referenced_by.remove(&key);
                 }
             }
-            if opaque {
-                dirty.workloads.insert(key);
-            }
+            // Its inbound policy lists the ports the service reaches it at (and which are opaque).
+            dirty.workloads.insert(key);
         }
         for ip in &s.cluster_ips {
             if claim {
@@ -507,17 +505,27 @@ impl Builder {
     /// opaque service port (so a server-speaks-first protocol is never held up by detection).
     fn inbound_policy(&self, key: &WorkloadRef, w: &Workload) -> pb::InboundPolicy {
         let mut opaque: BTreeSet<u32> = w.opaque_ports.iter().map(|&p| u32::from(p)).collect();
+        let mut served = BTreeSet::new();
         for s in self.referenced_by.get(key).into_iter().flatten().filter_map(|name| self.services.get(name)) {
-            for port in s.ports.iter().filter(|p| p.protocol == Protocol::Opaque) {
+            for port in &s.ports {
                 let mine = s.endpoints.iter().filter(|e| e.workload.as_ref().is_some_and(|r| workload_key(&r.namespace, &r.name) == *key));
-                opaque.extend(mine.filter_map(|e| target_address(e, port)).map(|a| u32::from(a.port())));
+                let ports: Vec<u32> = mine.filter_map(|e| target_address(e, port)).map(|a| u32::from(a.port())).collect();
+                if port.protocol == Protocol::Opaque {
+                    opaque.extend(&ports);
+                }
+                served.extend(ports);
             }
         }
         let mode = match w.inbound_mode {
             InboundMode::Permissive => pb::inbound_policy::Mode::Permissive,
             InboundMode::Strict => pb::inbound_policy::Mode::Strict,
         };
-        pb::InboundPolicy { version: 0, opaque_ports: opaque.into_iter().collect(), mode: mode as i32 }
+        pb::InboundPolicy {
+            version: 0,
+            opaque_ports: opaque.into_iter().collect(),
+            mode: mode as i32,
+            ports: served.into_iter().collect(),
+        }
     }
 }
 

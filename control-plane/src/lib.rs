@@ -1,6 +1,7 @@
 //! strait-controller: the Strait control plane. It serves discovery to the proxies over gRPC from a
 //! source-independent mesh model, fed by the embedded mesh file or by Kubernetes watchers ([`k8s`]),
-//! and signs the proxies' certificates (`Identity.Certify`) when [`Config::identity`] is set.
+//! signs the proxies' certificates (`Identity.Certify`) when [`Config::identity`] is set, and in
+//! Kubernetes mode serves the injector's admission webhook ([`webhook`]) when [`Config::webhook`] is.
 //!
 //! [`start`] binds every listener, loads the mesh and returns a running [`Controller`]; tests run
 //! one in-process on loopback ports with it, and `main` runs one until a signal.
@@ -11,13 +12,16 @@ pub mod cli;
 pub mod discovery;
 pub mod identity;
 pub mod index;
+pub mod inject;
 pub mod k8s;
 pub mod logging;
 pub mod mesh_file;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod reload;
 pub mod store;
+pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -57,6 +61,8 @@ pub enum Error {
     Signal(std::io::Error),
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),
+    #[error("webhook: {0}")]
+    Webhook(#[from] webhook::WebhookError),
 }
 
 /// What a controller serves and where.
@@ -73,6 +79,8 @@ pub struct Config {
     pub kubernetes: Option<k8s::Options>,
     /// Serve `Identity.Certify` (the command line always does); `None` serves discovery only.
     pub identity: Option<IdentityConfig>,
+    /// Serve the injector webhook (Kubernetes mode only).
+    pub webhook: Option<webhook::WebhookConfig>,
 }
 
 /// Where the identity service listens and what it signs with.
@@ -109,6 +117,7 @@ impl Config {
             limits: discovery::Limits::default(),
             kubernetes: None,
             identity: None,
+            webhook: None,
         }
     }
 
@@ -123,9 +132,73 @@ pub struct Controller {
     discovery_addr: SocketAddr,
     admin_addr: SocketAddr,
     identity_addr: Option<SocketAddr>,
+    webhook_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, Result<(), Error>)>,
+}
+
+/// The mutation the webhook applies: [`inject`], the same code `strait inject` runs.
+pub const WEBHOOK_MUTATOR: webhook::BuildMutator = injector_mutator;
+
+/// Builds the injector from what start-up read: the injector config (the chart's ConfigMap; the
+/// built-in defaults without one), the trust anchors, the cluster's version and the namespaces' store.
+fn injector_mutator(ctx: &webhook::Context) -> Result<webhook::Mutator, webhook::WebhookError> {
+    let path = || ctx.injector_config_path.as_ref().map_or_else(|| "(built in)".to_string(), |p| p.display().to_string());
+    let config = match &ctx.injector_config {
+        Some(yaml) => {
+            let text = serde_yaml::to_string(yaml).map_err(|e| webhook::WebhookError::InjectorConfig(path(), e.to_string()))?;
+            inject::InjectorConfig::from_yaml(&text).map_err(|e| webhook::WebhookError::InjectorConfig(path(), e.to_string()))?
+        }
+        None => inject::InjectorConfig { trust_domain: ctx.trust_domain.clone(), ..Default::default() },
+    };
+    let anchors = ctx.trust_anchors_pem.clone().unwrap_or_default();
+    if anchors.is_empty() {
+        tracing::warn!("no trust anchors for the injector (--trust-anchors): injected proxies will not get an identity");
+    }
+    let native_sidecars = ctx.kubernetes_version.is_some_and(|v| v.has_native_sidecars());
+    let namespaces = ctx.namespaces.clone();
+    Ok(Arc::new(move |pod: &serde_json::Value, namespace: &str| {
+        let namespace_annotations = namespaces.as_ref().and_then(|n| n.annotations(namespace));
+        let context = inject::Context {
+            config: &config,
+            trust_anchors_pem: &anchors,
+            namespace,
+            namespace_annotations: namespace_annotations.as_ref(),
+            native_sidecars,
+        };
+        match inject::inject_template(pod, &context) {
+            inject::Outcome::Injected { template, warnings } => {
+                webhook::Mutation { patched: Some(template), warnings, reason: None }
+            }
+            inject::Outcome::Unchanged { reason } => webhook::Mutation { reason: Some(reason), ..Default::default() },
+        }
+    }))
+}
+
+/// How long start-up waits for the API server's `/version`; without it, the injector assumes a
+/// cluster too old for native sidecars.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster's version, read once: `None` (and a warning) when it cannot be read or parsed.
+async fn kubernetes_version(client: &kube::Client) -> Option<webhook::KubernetesVersion> {
+    match tokio::time::timeout(VERSION_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(info)) => {
+            let version = webhook::KubernetesVersion::parse(&info.major, &info.minor);
+            if version.is_none() {
+                tracing::warn!(major = %info.major, minor = %info.minor, "the cluster's version is not a number; injecting classic sidecars");
+            }
+            version
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the cluster's version failed; injecting classic sidecars");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?VERSION_TIMEOUT, "the cluster's version did not come in time; injecting classic sidecars");
+            None
+        }
+    }
 }
 
 /// Binds the listeners, loads the mesh file (a bad one is an error, with its line) and starts
@@ -181,6 +254,44 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
     };
 
     let shutdown = CancellationToken::new();
+    let mut namespaces_task = None;
+    let webhook = match (&config.webhook, &kubernetes) {
+        (Some(wc), Some((client, options))) => {
+            let kubernetes_version = kubernetes_version(client).await;
+            let (namespaces, task) = k8s::namespaces::watch(client.clone(), metrics.clone(), shutdown.clone());
+            namespaces_task = Some(task);
+            let injector_config = wc.injector_config.as_deref().map(webhook::Context::read_injector_config).transpose()?;
+            let anchors = identity.as_ref().and_then(|(ca, ..)| ca.files().anchors.clone());
+            let trust_anchors_pem = anchors.and_then(|path| match std::fs::read_to_string(&path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "the trust anchors cannot be read for the injector");
+                    None
+                }
+            });
+            let context = webhook::Context {
+                kubernetes_version,
+                injector_config_path: wc.injector_config.clone(),
+                injector_config,
+                trust_anchors_pem,
+                trust_domain: options.trust_domain.clone(),
+                cluster_domain: config.cluster_domain.clone(),
+                namespaces: Some(namespaces),
+            };
+            let mutator = (wc.build)(&context)?;
+            let cert = webhook::server::WebhookCert::load(&wc.cert, &wc.key)?;
+            let tls = webhook::server::server_config(cert.clone())?;
+            let listener = bind("webhook", wc.addr).await?;
+            let addr = local("webhook", &listener, wc.addr)?;
+            Some((listener, addr, tls, cert, mutator, wc.limits, kubernetes_version))
+        }
+        (Some(_), None) => {
+            tracing::warn!("--webhook-cert and --webhook-key are for Kubernetes mode; the injector is not served from a mesh file");
+            None
+        }
+        (None, _) => None,
+    };
+
     let (store, reader, publisher) = store::new(&config.cluster_domain, config.push_interval, metrics.clone());
     let (services, endpoints, workloads) = mesh.counts();
     if kubernetes.is_none() {
@@ -188,6 +299,12 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
     }
 
     let mut tasks = JoinSet::new();
+    if let Some(task) = namespaces_task {
+        tasks.spawn(named("namespace watcher", async move {
+            task.await;
+            Ok(())
+        }));
+    }
     tasks.spawn(named("publisher", {
         let shutdown = shutdown.clone();
         async move {
@@ -262,6 +379,33 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         tasks.spawn(named("identity server", async move { server.await.map_err(Error::IdentityServer) }));
     }
+    let webhook_addr = webhook.as_ref().map(|(_, addr, ..)| *addr);
+    if let Some((listener, addr, tls, cert, mutator, limits, version)) = webhook {
+        tracing::info!(
+            webhook_addr = %addr,
+            cert = %cert.cert_path().display(),
+            kubernetes_version = %version.map_or_else(|| "unknown".to_string(), |v| v.to_string()),
+            "injector webhook serving POST /inject"
+        );
+        tasks.spawn(named("webhook certificate watcher", {
+            let watch = reload::watch(cert.clone(), config.poll_interval, shutdown.clone(), move |result| match result {
+                Ok(()) => tracing::info!(cert = %cert.cert_path().display(), "webhook certificate reloaded"),
+                Err(e) => tracing::warn!(error = %e, "webhook certificate files changed but cannot be used; the current one serves"),
+            });
+            async move {
+                watch.await;
+                Ok(())
+            }
+        }));
+        let state = Arc::new(webhook::server::State { mutator, metrics: metrics.clone(), limits });
+        tasks.spawn(named("webhook server", {
+            let shutdown = shutdown.clone();
+            async move {
+                webhook::server::serve(listener, tls, state, shutdown).await;
+                Ok(())
+            }
+        }));
+    }
     let admin_state = admin::AdminState { metrics: metrics.clone(), status: reader.status() };
     tasks.spawn(named("admin server", {
         let shutdown = shutdown.clone();
@@ -273,7 +417,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
 
     if kubernetes.is_some() {
         tracing::info!(%discovery_addr, %admin_addr, "controller serving from Kubernetes once the first lists are in");
-        return Ok(Controller { discovery_addr, admin_addr, identity_addr, metrics, shutdown, tasks });
+        return Ok(Controller { discovery_addr, admin_addr, identity_addr, webhook_addr, metrics, shutdown, tasks });
     }
     if reader.status().wait_for(|s| s.loaded).await.is_err() {
         return Err(Error::TaskEnded("publisher"));
@@ -287,7 +431,7 @@ pub async fn start(config: Config) -> Result<Controller, Error> {
         workloads,
         "controller serving"
     );
-    Ok(Controller { discovery_addr, admin_addr, identity_addr, metrics, shutdown, tasks })
+    Ok(Controller { discovery_addr, admin_addr, identity_addr, webhook_addr, metrics, shutdown, tasks })
 }
 
 async fn named(
@@ -310,6 +454,11 @@ impl Controller {
     /// Where `Identity.Certify` listens, when identity is served.
     pub fn identity_addr(&self) -> Option<SocketAddr> {
         self.identity_addr
+    }
+
+    /// Where the injector webhook listens, when it is served.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_addr
     }
 
     pub fn metrics(&self) -> &Metrics {

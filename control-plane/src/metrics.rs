@@ -16,6 +16,10 @@ pub enum MetricsError {
 const PUSH_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Buckets of `strait_webhook_review_duration_seconds`: a review takes well under a millisecond;
+/// the top buckets show reviews near the deadline (4 s) and the API server's timeout (5 s).
+const WEBHOOK_BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 4.0, 5.0];
+
 pub struct Metrics {
     registry: Registry,
     /// `strait_controller_config_reloads_total{result="ok"|"error"}`.
@@ -52,6 +56,10 @@ pub struct Metrics {
     pub issuer_reloads: IntCounterVec,
     /// `strait_controller_issuer_expiry_timestamp_seconds`: when the issuer in use expires.
     pub issuer_expiry: IntGauge,
+    /// `strait_webhook_reviews_total{result="injected"|"unchanged"|"error"}`: injector reviews answered.
+    pub webhook_reviews: IntCounterVec,
+    /// `strait_webhook_review_duration_seconds`: from a review's request to its answer.
+    pub webhook_review_duration: Histogram,
 }
 
 impl Metrics {
@@ -112,6 +120,20 @@ impl Metrics {
                 "strait_controller_issuer_expiry_timestamp_seconds",
                 "When the issuer signing proxies' certificates expires (Unix time); 0 when identity is not served",
             )?,
+            webhook_reviews: IntCounterVec::new(
+                Opts::new(
+                    "strait_webhook_reviews_total",
+                    "Injector webhook reviews answered (all allowed), by result: injected, unchanged, error",
+                ),
+                &["result"],
+            )?,
+            webhook_review_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "strait_webhook_review_duration_seconds",
+                    "Time from an injector review's request to its answer",
+                )
+                .buckets(WEBHOOK_BUCKETS.to_vec()),
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.config_reloads.clone()))?;
@@ -129,6 +151,8 @@ impl Metrics {
         m.registry.register(Box::new(m.certificates.clone()))?;
         m.registry.register(Box::new(m.issuer_reloads.clone()))?;
         m.registry.register(Box::new(m.issuer_expiry.clone()))?;
+        m.registry.register(Box::new(m.webhook_reviews.clone()))?;
+        m.registry.register(Box::new(m.webhook_review_duration.clone()))?;
         // process_cpu_seconds_total, process_resident_memory_bytes, ...: the control-plane dashboard.
         m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         for kind in ["services", "endpoints", "workloads"] {
@@ -145,6 +169,12 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.issuer_reloads.with_label_values(&[result]).inc_by(0);
+        }
+        for result in crate::webhook::review::ReviewResult::ALL {
+            m.webhook_reviews.with_label_values(&[result.as_str()]).inc_by(0);
+        }
+        for reason in crate::discovery::STREAM_ERROR_REASONS {
+            m.stream_errors.with_label_values(&[reason]).inc_by(0);
         }
         Ok(m)
     }
@@ -178,6 +208,7 @@ mod tests {
             "strait_controller_subscriptions 0",
             "strait_discovery_updates_total{kind=\"service\"} 0",
             "strait_discovery_nacks_total 0",
+            "strait_discovery_stream_errors_total{reason=\"hello_timeout\"} 0",
             "strait_controller_certificates_issued_total{result=\"denied\"} 0",
             "strait_controller_issuer_reloads_total{result=\"error\"} 0",
         ] {

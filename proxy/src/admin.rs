@@ -13,10 +13,7 @@ pub mod probe;
 use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
 };
 
 use bytes::Bytes;
@@ -25,7 +22,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::transport::{Admitted, ConnectionLimit};
-use crate::{config::Config, drain::Drain, http::Body, http::errors::STRAIT_ERROR, metrics::Metrics};
+use crate::{config::Config, drain::Drain, http::Body, http::errors::STRAIT_ERROR, metrics::Metrics, ready::Readiness};
 
 /// The `strait-error` value of a failed application probe.
 pub const PROBE_FAILED: &str = "probe-failed";
@@ -35,7 +32,7 @@ pub struct Admin {
     pub cfg: Arc<Config>,
     pub metrics: Metrics,
     pub drain: Drain,
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<Readiness>,
     /// Built from `cfg.app_probes`.
     pub probes: Arc<probe::Prober>,
 }
@@ -87,10 +84,16 @@ impl Admin {
             (&Method::GET, "/ready") => {
                 if self.drain.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "ready\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    let missing = self.ready.missing();
+                    if missing.is_empty() {
+                        text(StatusCode::OK, "ready\n")
+                    } else {
+                        let body = format!("not ready: waiting for {}\n", missing.join(", "));
+                        let mut rsp = http::Response::new(Body::from_bytes(Bytes::from(body)));
+                        *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        rsp
+                    }
                 }
             }
             (&Method::GET, "/metrics") => {

@@ -73,6 +73,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub const DEFAULT_SHUTDOWN_ACCEPT_PERIOD: Duration = Duration::from_secs(5);
 /// Connecting to a peer proxy or an application: local or in-cluster, so a second is generous.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for the controller's first answer about a destination (and an inbound
+/// connection for the workload's first inbound policy) before it fails closed. Controller answers
+/// take milliseconds; this only bounds the wait while the controller is unreachable.
+pub const DEFAULT_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -100,6 +104,9 @@ pub struct Config {
     /// its token there).
     pub identity_server_id: String,
     pub trust_anchors: Option<PathBuf>,
+    /// The anchors as PEM text (`STRAIT_TRUST_ANCHORS_PEM`, what the injector sets) instead of a
+    /// file; at most one of the two is set. Text cannot change, so a rotation restarts the pod.
+    pub trust_anchors_pem: Option<String>,
     pub trust_domain: String,
     pub inbound_mode: InboundMode,
     pub identity_token_file: Option<PathBuf>,
@@ -108,6 +115,8 @@ pub struct Config {
     pub log_json: bool,
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
+    /// `STRAIT_DISCOVERY_WAIT`: see [`DEFAULT_DISCOVERY_WAIT`].
+    pub discovery_wait: Duration,
     pub shutdown_grace: Duration,
     /// How long after SIGTERM the listeners keep accepting (never beyond `shutdown_grace`).
     pub shutdown_accept: Duration,
@@ -123,6 +132,9 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     /// Authorities followed through the controller at once (`STRAIT_MAX_SUBSCRIPTIONS`).
     pub max_subscriptions: usize,
+    /// Ports of the workload a peer proxy may name, besides those the controller's inbound policy
+    /// lists (`STRAIT_INBOUND_PORTS`).
+    pub inbound_ports: Vec<u16>,
 }
 
 /// Whether the inbound side accepts plaintext from outside the mesh.
@@ -240,6 +252,7 @@ impl Config {
         };
         let detect_timeout = duration("STRAIT_DETECT_TIMEOUT", DEFAULT_DETECT_TIMEOUT);
         let connect_timeout = duration("STRAIT_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT);
+        let discovery_wait = duration("STRAIT_DISCOVERY_WAIT", DEFAULT_DISCOVERY_WAIT);
         let shutdown_grace = duration("STRAIT_SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE);
         let admin_header_timeout = duration("STRAIT_ADMIN_HEADER_TIMEOUT", DEFAULT_ADMIN_HEADER_TIMEOUT);
         let tls_handshake_timeout = duration("STRAIT_TLS_HANDSHAKE_TIMEOUT", DEFAULT_TLS_HANDSHAKE_TIMEOUT);
@@ -265,6 +278,7 @@ impl Config {
         };
         let inbound_opaque_ports = ports("STRAIT_INBOUND_OPAQUE_PORTS");
         let outbound_opaque_ports = ports("STRAIT_OUTBOUND_OPAQUE_PORTS");
+        let inbound_ports = ports("STRAIT_INBOUND_PORTS");
 
         let log_json = match get("STRAIT_LOG_FORMAT").as_deref() {
             None | Some("plain") => false,
@@ -299,8 +313,14 @@ impl Config {
                 "STRAIT_IDENTITY_SERVER_ID={identity_server_id:?} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
             ));
         }
-        if get("STRAIT_IDENTITY_ADDR").is_some() && get("STRAIT_TRUST_ANCHORS").is_none() {
-            errors.push("STRAIT_IDENTITY_ADDR needs STRAIT_TRUST_ANCHORS (the PEM bundle peers are checked against)".into());
+        let trust_anchors_pem = get("STRAIT_TRUST_ANCHORS_PEM").filter(|p| !p.trim().is_empty());
+        match (get("STRAIT_TRUST_ANCHORS").is_some(), trust_anchors_pem.is_some()) {
+            (true, true) => errors.push("set only one of STRAIT_TRUST_ANCHORS and STRAIT_TRUST_ANCHORS_PEM".into()),
+            (false, false) if get("STRAIT_IDENTITY_ADDR").is_some() => errors.push(
+                "STRAIT_IDENTITY_ADDR needs STRAIT_TRUST_ANCHORS or STRAIT_TRUST_ANCHORS_PEM (the PEM bundle peers are checked against)"
+                    .into(),
+            ),
+            _ => {}
         }
 
         if !errors.is_empty() {
@@ -321,6 +341,7 @@ impl Config {
             identity_addr: get("STRAIT_IDENTITY_ADDR"),
             identity_server_id,
             trust_anchors: get("STRAIT_TRUST_ANCHORS").map(Into::into),
+            trust_anchors_pem,
             trust_domain,
             inbound_mode,
             identity_token_file: get("STRAIT_IDENTITY_TOKEN_FILE").map(Into::into),
@@ -329,6 +350,7 @@ impl Config {
             log_json,
             detect_timeout,
             connect_timeout,
+            discovery_wait,
             shutdown_grace,
             shutdown_accept,
             inbound_opaque_ports,
@@ -339,6 +361,7 @@ impl Config {
             max_connections,
             tls_handshake_timeout,
             max_subscriptions,
+            inbound_ports,
         })
     }
 }
@@ -437,6 +460,18 @@ mod tests {
         assert_eq!(e.0, [r#"STRAIT_APP_PROBES: "app/readiness": scheme "ftp" is not HTTP or HTTPS"#], "{e}");
         let e = cfg(&[("STRAIT_APP_PROBES", "{not json")]).unwrap_err();
         assert!(e.0[0].starts_with("STRAIT_APP_PROBES: key must be a string"), "{e}");
+    }
+
+    #[test]
+    fn trust_anchors_from_a_file_or_as_text_never_both() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let c = cfg(&[("STRAIT_IDENTITY_ADDR", "c:8080"), ("STRAIT_TRUST_ANCHORS_PEM", pem)]).unwrap();
+        assert_eq!(c.trust_anchors_pem.as_deref(), Some(pem));
+        assert!(c.trust_anchors.is_none());
+        assert!(cfg(&[("STRAIT_IDENTITY_ADDR", "c:8080"), ("STRAIT_TRUST_ANCHORS", "/a.pem")]).is_ok());
+        let both = cfg(&[("STRAIT_TRUST_ANCHORS", "/a.pem"), ("STRAIT_TRUST_ANCHORS_PEM", pem)]).unwrap_err();
+        assert!(both.to_string().contains("only one"), "{both}");
+        assert!(cfg(&[("STRAIT_IDENTITY_ADDR", "c:8080")]).is_err());
     }
 
     #[test]

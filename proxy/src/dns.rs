@@ -57,7 +57,7 @@ pub async fn grpc_endpoint(dns: &Dns, addr: &str, connect_timeout: std::time::Du
         .tcp_nodelay(true))
 }
 
-fn split(authority: &str) -> std::io::Result<(&str, u16)> {
+pub(crate) fn split(authority: &str) -> std::io::Result<(&str, u16)> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{authority:?} is not host:port"));
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, tail) = rest.split_once(']').ok_or_else(bad)?;

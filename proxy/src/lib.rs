@@ -2,6 +2,7 @@
 //! traffic, inbound and outbound, with golden metrics and an admin endpoint.
 
 pub mod admin;
+pub mod await_ready;
 pub mod config;
 pub mod detect;
 pub mod discover;
@@ -13,6 +14,7 @@ pub mod inbound;
 pub mod init;
 pub mod metrics;
 pub mod outbound;
+pub mod ready;
 pub mod run;
 pub mod tls;
 pub mod transport;

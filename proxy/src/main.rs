@@ -1,6 +1,7 @@
 //! The `strait-proxy` binary: reads the environment, starts the runtime, runs the proxy.
 //! `strait-proxy init [options]` instead writes the pod's iptables rules and exits (see `init`);
-//! `strait-proxy --version` prints the version. The few words are matched by hand, like `init`'s
+//! `strait-proxy await-ready` waits for this pod's proxy to be ready (the injector's postStart
+//! hook where there are no native sidecars); `strait-proxy --version` prints the version. The few words are matched by hand, like `init`'s
 //! options: the sidecar's configuration is its environment, and clap would be a dependency for
 //! one flag.
 
@@ -8,6 +9,7 @@ use strait_proxy::config::Config;
 
 const USAGE: &str = "usage: strait-proxy            (the proxy; configured by STRAIT_* variables)
        strait-proxy init [--help]  (the pod's iptables rules)
+       strait-proxy await-ready [--help]  (waits until the proxy is ready)
        strait-proxy --version";
 
 fn main() {
@@ -15,6 +17,7 @@ fn main() {
     match args.first().map(String::as_str) {
         None => {}
         Some("init") => std::process::exit(strait_proxy::init::main(&args[1..])),
+        Some("await-ready") => std::process::exit(strait_proxy::await_ready::main(&args[1..])),
         Some("--version" | "-V") => {
             println!("strait-proxy {}", env!("CARGO_PKG_VERSION"));
             return;

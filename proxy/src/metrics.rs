@@ -68,6 +68,8 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub identity_certify: IntCounterVec,
     pub identity_expiry: IntGauge,
+    /// `strait_identity_certificate_valid`: 1 while the proxy holds a certificate that has not expired.
+    pub identity_valid: IntGauge,
     pub inbound_refused: IntCounterVec,
     /// `strait_connections_refused_total{listener}`: closed at accept, the listener's connection
     /// limit reached (`admin`, `inbound`, `outbound`).
@@ -219,6 +221,12 @@ impl Metrics {
             "When the proxy's current certificate expires (Unix seconds).",
         ));
         must(registry.register(Box::new(identity_expiry.clone())));
+        let identity_valid = must(IntGauge::new(
+            "strait_identity_certificate_valid",
+            "1 while the proxy holds an identity certificate that has not expired; 0 before the first one \
+             and once it expired without renewal (the proxy is then not ready).",
+        ));
+        must(registry.register(Box::new(identity_valid.clone())));
         let series_registry = Registry::new();
         let series = must(IntGauge::new(
             "strait_metrics_series",
@@ -233,6 +241,7 @@ impl Metrics {
             tls_handshakes,
             identity_certify,
             identity_expiry,
+            identity_valid,
             inbound_refused,
             connections_refused,
             retries,

@@ -3,10 +3,7 @@
 //! listeners close and what is left may finish within the grace period.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -24,7 +21,12 @@ use crate::{
     inbound::Inbound,
     metrics::Metrics,
     outbound::Outbound,
+    ready::Readiness,
 };
+
+/// How often readiness is re-evaluated for `strait_ready`, `strait_identity_certificate_valid` and
+/// the log (`/ready` itself always answers from the current state).
+const READINESS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How often a static mesh file is checked for changes: edits show up within a second.
 const STATIC_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
@@ -46,7 +48,6 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let metrics = Metrics::new();
     let drain = Drain::new();
-    let ready = Arc::new(AtomicBool::new(false));
     let mut discovery = Discovery::new();
     let dns = crate::dns::Dns::from_system();
 
@@ -56,10 +57,6 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let admin_l = bind("admin", cfg.admin_addr).await?;
     let outbound_ls = bind_all("outbound", &cfg.outbound_addrs, &cfg.optional_addrs)?;
     let inbound_ls = bind_all("inbound", &cfg.inbound_addrs, &cfg.optional_addrs)?;
-
-    let probes = Arc::new(Prober::new(cfg.app_probes.clone()));
-    let admin = Admin { cfg: cfg.clone(), metrics: metrics.clone(), drain: drain.clone(), ready: ready.clone(), probes };
-    tokio::spawn(admin.serve(admin_l));
 
     match &cfg.discovery {
         DiscoverySource::File(path) => {
@@ -74,19 +71,26 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 workload: cfg.workload.clone(),
                 service_account: cfg.service_account.clone(),
             };
-            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone(), dns.clone(), cfg.max_subscriptions);
+            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone(), dns.clone(), cfg.discovery_wait, cfg.max_subscriptions);
             discovery = d;
             tokio::spawn(task);
         }
         DiscoverySource::None => metrics.discovery_current(),
     }
 
-    let tls = match (&cfg.identity_addr, &cfg.trust_anchors) {
+    let mut identity_store = None;
+    // A file (re-read when it changes) or PEM text; the configuration allows only one.
+    let anchors = cfg.trust_anchors.as_deref().map(Ok).or_else(|| cfg.trust_anchors_pem.as_deref().map(Err));
+    let tls = match (&cfg.identity_addr, anchors) {
         (Some(addr), Some(anchors)) => {
             let spiffe = identity::spiffe_id(&cfg.trust_domain, &cfg.namespace, &cfg.service_account);
             let server_name = identity::server_name_for(&spiffe).ok_or_else(|| RunError::Identity(spiffe.clone()))?;
             let store = identity::Store::new(spiffe, server_name);
-            let tls = Tls::new(anchors, store.clone(), cfg.tls_handshake_timeout)?;
+            identity_store = Some(store.clone());
+            let tls = match anchors {
+                Ok(path) => Tls::new(path, store.clone(), cfg.tls_handshake_timeout)?,
+                Err(pem) => Tls::from_pem(pem, store.clone(), cfg.tls_handshake_timeout)?,
+            };
             let certifier = Certifier {
                 addr: addr.clone(),
                 server_id: cfg.identity_server_id.clone(),
@@ -104,6 +108,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         _ => None,
     };
 
+    // The admin port answers from the start: `/ready` says what it still waits for.
+    let ready = Readiness::new(identity_store, discovery.remote_client().cloned());
+    let probes = Arc::new(Prober::new(cfg.app_probes.clone()));
+    let admin = Admin { cfg: cfg.clone(), metrics: metrics.clone(), drain: drain.clone(), ready: ready.clone(), probes };
+    tokio::spawn(admin.serve(admin_l));
+
     let outbound = Outbound::new(cfg.clone(), discovery.clone(), metrics.clone(), drain.clone(), tls.clone(), dns);
     let inbound = Inbound::new(
         cfg.clone(),
@@ -115,18 +125,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     );
     let ob_tasks: Vec<_> = outbound_ls.into_iter().map(|l| tokio::spawn(outbound.clone().serve(l))).collect();
     let ib_tasks: Vec<_> = inbound_ls.into_iter().map(|l| tokio::spawn(inbound.clone().serve(l))).collect();
-    {
-        // Ready once the listeners are up and, with an identity, the first certificate is in.
-        let (ready, metrics, tls, cfg) = (ready.clone(), metrics.clone(), tls.clone(), cfg.clone());
-        tokio::spawn(async move {
-            if let Some(tls) = &tls {
-                tls.store.wait_ready().await;
-            }
-            ready.store(true, Ordering::Release);
-            metrics.ready.set(1);
-            tracing::info!(outbound = %cfg.outbound_addr, inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, "proxy ready");
-        });
-    }
+    ready.set_listening();
+    tokio::spawn(watch_readiness(ready, metrics.clone(), drain.clone(), cfg.clone()));
 
     wait_for_stop(&drain).await;
     let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
@@ -237,5 +237,35 @@ async fn watch_anchors(tls: Arc<Tls>) {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "trust anchors rejected; keeping the current ones"),
         }
+    }
+}
+
+/// Keeps `strait_ready` and `strait_identity_certificate_valid` current and logs every change of
+/// readiness (what it waits for, or that the proxy is ready).
+async fn watch_readiness(ready: Arc<Readiness>, metrics: Metrics, drain: Drain, cfg: Arc<Config>) {
+    let mut last: Option<Vec<&'static str>> = None;
+    let mut tick = tokio::time::interval(READINESS_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Some(valid) = ready.certificate_valid() {
+            metrics.identity_valid.set(i64::from(valid));
+        }
+        if drain.is_draining() {
+            metrics.ready.set(0);
+            continue;
+        }
+        let missing = ready.missing();
+        metrics.ready.set(i64::from(missing.is_empty()));
+        if last.as_ref() == Some(&missing) {
+            continue;
+        }
+        if missing.is_empty() {
+            tracing::info!(outbound = %cfg.outbound_addr, inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, "proxy ready");
+        } else if last.as_ref().is_some_and(|l| l.is_empty()) {
+            tracing::warn!(waiting_for = %missing.join(", "), "proxy no longer ready");
+        } else {
+            tracing::info!(waiting_for = %missing.join(", "), "proxy not ready yet");
+        }
+        last = Some(missing);
     }
 }

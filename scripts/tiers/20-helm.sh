@@ -66,10 +66,19 @@ if "$venv/bin/python" tests/helm/policy.py strait-system <"$broken" 2>/dev/null;
 fi
 rm -f "$broken"
 echo "[helm] policy check refuses an extra RBAC rule and a foreign caBundle" >&2
+# The dashboards ConfigMap (Grafana sidecar label) carries every charts/strait/dashboards/*.json verbatim.
+"$helm" template strait "$chart" -n strait-system --show-only templates/monitoring.yaml \
+  | "$venv/bin/python" -c '
+import pathlib, sys, yaml
+cms = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] == "ConfigMap"]
+assert len(cms) == 1 and cms[0]["metadata"]["labels"].get("grafana_dashboard") == "1", "no dashboards ConfigMap"
+files = {p.name: p.read_text() for p in pathlib.Path("charts/strait/dashboards").glob("*.json")}
+assert files and cms[0]["data"] == files, "the dashboards ConfigMap differs from charts/strait/dashboards"
+print(f"[helm] dashboards ConfigMap: {len(files)} dashboards", file=sys.stderr)'
 # A bad value fails with the schema's message, naming the field.
 if msg=$("$helm" template strait "$chart" -f tests/helm/values-bad.yaml 2>&1); then
   echo "[helm] FAILED: a bad value (controller.replicas: two) rendered" >&2; exit 1
 fi
 echo "$msg" | grep -q "/controller/replicas" || { echo "[helm] FAILED: no schema message for the bad value: $msg" >&2; exit 1; }
 echo "[helm] bad value refused: $(echo "$msg" | grep -m1 replicas)" >&2
-echo "ran: helm lint + template (default, custom, bad value refused), kubernetes-validate $OLDEST and $NEWEST, policy (RBAC, caBundle, security contexts)"
+echo "ran: helm lint + template (default, custom, bad value refused, dashboards ConfigMap), kubernetes-validate $OLDEST and $NEWEST, policy (RBAC, caBundle, security contexts)"

@@ -20,11 +20,20 @@
 //!   410 Gone after a compaction ([`KubeApi::expire_watches`]), so the client must list again.
 //! - `POST …/tokenreviews` answers from a token table ([`KubeApi::add_token`]), or fails on
 //!   demand ([`KubeApi::fail_token_reviews`]).
+//! - `POST …/selfsubjectaccessreviews` answers from the stored ClusterRoles and
+//!   ClusterRoleBindings for the requester the test sets ([`KubeApi::set_requester`]; see
+//!   [`rbac`] for the matching rules).
+//! - `GET /version` answers Kubernetes [`DEFAULT_VERSION`], another one
+//!   ([`KubeApi::set_version`]) or 404 ([`KubeApi::hide_version`]).
+//! - Get by name of every stored kind, 404 `NotFound` for a missing one: besides the watched kinds,
+//!   Secrets, Deployments (their `status` is what the test stored), MutatingWebhookConfigurations,
+//!   ClusterRoles and ClusterRoleBindings, which `strait check` reads.
 //! - Every request is recorded ([`KubeApi::requests`]).
 //!
 //! Not there: authentication (every request is allowed), protobuf, server-side apply, field
 //! managers, generations, garbage collection, `sendInitialEvents`.
 
+pub mod rbac;
 mod state;
 mod token_review;
 
@@ -49,9 +58,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use state::{Key, Resource, Selection, Storage, parse_selector};
 pub use state::{EventType, RESOURCES};
+pub use rbac::Requester;
 pub use token_review::TokenUser;
 
 use crate::dir::TestDir;
+
+/// What `GET /version` answers unless told otherwise: (major, minor).
+pub const DEFAULT_VERSION: (&str, &str) = ("1", "31");
 
 /// How often a watch that allows bookmarks gets one.
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -94,6 +107,12 @@ struct State {
     tokens: BTreeMap<String, TokenUser>,
     /// Every TokenReview is answered with this error status, when set.
     token_reviews_failing: Option<StatusCode>,
+    /// Who SelfSubjectAccessReviews are about.
+    requester: Requester,
+    /// `/version`'s (major, minor) instead of [`DEFAULT_VERSION`].
+    version: Option<(String, String)>,
+    /// `/version` answers 404.
+    version_hidden: bool,
 }
 
 struct Shared {
@@ -311,6 +330,24 @@ impl KubeApi {
         self.shared.lock().token_reviews_failing = None;
     }
 
+    /// Who the server takes every request to come from, for SelfSubjectAccessReviews (by default
+    /// [`Requester::default`], a user no binding names).
+    pub fn set_requester(&self, requester: Requester) {
+        self.shared.lock().requester = requester;
+    }
+
+    /// `GET /version` answers this major and minor (e.g. `"1"`, `"28+"`).
+    pub fn set_version(&self, major: &str, minor: &str) {
+        let mut state = self.shared.lock();
+        state.version = Some((major.to_string(), minor.to_string()));
+        state.version_hidden = false;
+    }
+
+    /// `GET /version` answers 404, as a server without it would.
+    pub fn hide_version(&self) {
+        self.shared.lock().version_hidden = true;
+    }
+
     /// How many TokenReviews were asked for.
     pub fn token_reviews(&self) -> usize {
         self.shared.lock().requests.iter().filter(|r| r.method == "POST" && r.path == TOKEN_REVIEWS).count()
@@ -428,6 +465,16 @@ fn error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
 
 /// Where TokenReviews are posted.
 pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// Where SelfSubjectAccessReviews are posted.
+pub const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+fn version_info(major: &str, minor: &str) -> Value {
+    let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    json!({
+        "major": major, "minor": minor, "gitVersion": format!("v{major}.{digits}.0"), "gitCommit": "",
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
 
 fn failure_reason(code: StatusCode) -> &'static str {
     match code {
@@ -443,6 +490,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     shared.lock().requests.push(Seen { method: method.to_string(), path: path.clone(), query: query.clone() });
 
+    if method == Method::GET && path == "/version" {
+        let state = shared.lock();
+        if state.version_hidden {
+            return error(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
+        }
+        let (major, minor) = state.version.clone().unwrap_or((DEFAULT_VERSION.0.into(), DEFAULT_VERSION.1.into()));
+        return json_response(StatusCode::OK, &version_info(&major, &minor));
+    }
     if method == Method::POST && path == TOKEN_REVIEWS {
         if let Some(code) = shared.lock().token_reviews_failing {
             return error(code, failure_reason(code), "tokenreviews are failing on purpose (test server)");
@@ -450,6 +505,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         let Some(body) = read_json(req).await else { return error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON") };
         let tokens = shared.lock().tokens.clone();
         return match token_review::review(&tokens, &body) {
+            Ok(answer) => json_response(StatusCode::CREATED, &answer),
+            Err(e) => error(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        };
+    }
+    if method == Method::POST && path == SELF_SUBJECT_ACCESS_REVIEWS {
+        let Some(body) = read_json(req).await else { return error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON") };
+        let (requester, roles, bindings) = {
+            let state = shared.lock();
+            let all = |kind: &str| -> Vec<Value> {
+                state.storage.list(resource(kind), &Selection::default()).map(|(_, v)| v.clone()).collect()
+            };
+            (state.requester.clone(), all("ClusterRole"), all("ClusterRoleBinding"))
+        };
+        return match rbac::review(&requester, &roles, &bindings, &body) {
             Ok(answer) => json_response(StatusCode::CREATED, &answer),
             Err(e) => error(StatusCode::BAD_REQUEST, "BadRequest", &e),
         };

@@ -1,5 +1,7 @@
 //! The Kubernetes test API server itself (`strait_tests::kube_api`), over HTTP, as any client sees
-//! it: lists with pagination, watches with replay, 410 Gone, writes, TokenReview.
+//! it: lists with pagination, watches with replay, 410 Gone, writes, TokenReview, and what
+//! `strait check` reads (`/version`, Secrets and cluster-scoped objects by name,
+//! SelfSubjectAccessReview).
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use strait_tests::{
     client::{http1_connect, send_http1},
-    kube_api::{KubeApi, TokenUser, collection_path, fixtures_dir},
+    kube_api::{KubeApi, Requester, TokenUser, collection_path, fixtures_dir},
 };
 
 async fn call(api: &KubeApi, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -193,4 +195,43 @@ async fn token_reviews_answer_from_the_table() {
     api.remove_token("sa-token");
     let (_, answer) = call(&api, Method::POST, path, Some(review("sa-token"))).await;
     assert_eq!(answer["status"]["authenticated"], false);
+}
+
+#[tokio::test]
+async fn version_objects_by_name_and_access_reviews_from_the_stored_rbac() {
+    let api = KubeApi::start().await;
+    let (status, v) = get(&api, "/version").await;
+    assert_eq!((status, v["major"].as_str(), v["minor"].as_str()), (StatusCode::OK, Some("1"), Some("31")));
+    api.set_version("1", "28+");
+    assert_eq!(get(&api, "/version").await.1["gitVersion"], "v1.28.0");
+
+    api.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "strait-system"},
+                     "type": "kubernetes.io/tls", "data": {"ca.crt": "Y2E="}}));
+    let (status, secret) = get(&api, "/api/v1/namespaces/strait-system/secrets/s").await;
+    assert_eq!((status, secret["data"]["ca.crt"].as_str()), (StatusCode::OK, Some("Y2E=")));
+    let (status, missing) = get(&api, "/api/v1/namespaces/strait-system/secrets/nope").await;
+    assert_eq!((status, missing["reason"].as_str()), (StatusCode::NOT_FOUND, Some("NotFound")));
+    api.apply(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                     "metadata": {"name": "m"}, "webhooks": []}));
+    assert_eq!(get(&api, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/m").await.0, StatusCode::OK);
+    assert_eq!(get(&api, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/x").await.0, StatusCode::NOT_FOUND);
+    api.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "n"},
+                     "status": {"availableReplicas": 2}}));
+    assert_eq!(get(&api, "/apis/apps/v1/namespaces/n/deployments/d").await.1["status"]["availableReplicas"], 2);
+
+    let path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+    let ask = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                     "spec": {"resourceAttributes": {"verb": "create", "group": "rbac.authorization.k8s.io", "resource": "clusterroles"}}});
+    let (status, answer) = call(&api, Method::POST, path, Some(ask.clone())).await;
+    assert_eq!((status, &answer["status"]["allowed"]), (StatusCode::CREATED, &json!(false)));
+    api.apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "admin"},
+                     "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}));
+    api.apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "ops-admin"},
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+                     "subjects": [{"kind": "User", "name": "ops"}]}));
+    assert_eq!(call(&api, Method::POST, path, Some(ask.clone())).await.1["status"]["allowed"], false, "the binding names another user");
+    api.set_requester(Requester { username: "ops".into(), groups: vec![] });
+    let (_, answer) = call(&api, Method::POST, path, Some(ask)).await;
+    assert_eq!(answer["status"]["allowed"], true);
+    assert!(answer["status"]["reason"].as_str().unwrap().contains("ops-admin"));
 }

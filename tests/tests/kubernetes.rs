@@ -174,13 +174,17 @@ impl Proxy {
         }
     }
 
-    /// The next update, for `authority`.
+    /// The next update, for `authority`. Inbound policies in between are skipped: they follow the
+    /// services that reach the workload (the ports it serves), so a service change may bring one.
     async fn update(&mut self, authority: &str) -> pb::Service {
-        let r = self.next().await;
-        self.ack(&r).await;
-        match r {
-            Response::Service(u) if u.authority == authority => u.service.unwrap(),
-            other => panic!("wanted an update of {authority}, got {other:?}"),
+        loop {
+            let r = self.next().await;
+            self.ack(&r).await;
+            match r {
+                Response::Service(u) if u.authority == authority => return u.service.unwrap(),
+                Response::Inbound(_) => continue,
+                other => panic!("wanted an update of {authority}, got {other:?}"),
+            }
         }
     }
 

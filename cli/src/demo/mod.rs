@@ -99,6 +99,7 @@ services:
     ports: [{{port: 8080, protocol: http}}]
     annotations:
       retry.strait.io/http: "5xx"
+      circuit.strait.io/consecutive-failures: "5"
     endpoints:
       - {{address: "{o1}", proxy: "{p1}", workload: orders-1}}
       - {{address: "{o2}", proxy: "{p2}", workload: orders-2}}
@@ -131,6 +132,7 @@ services:
         (false, Ok(ctl)) => {
             let disc = free_addr()?;
             let ident = free_addr()?;
+            let admin = free_addr()?;
             identity = Some(ident.to_string());
             let args = vec![
                 "--mesh-file".into(),
@@ -142,12 +144,12 @@ services:
                 "--identity-addr".into(),
                 ident.to_string(),
                 "--admin-addr".into(),
-                free_addr()?.to_string(),
+                admin.to_string(),
                 "--webhook-addr".into(),
                 free_addr()?.to_string(),
             ];
             procs.push(spawn(&dir, "controller", &ctl, &args, &[])?);
-            println!("controller    discovery on {disc}, identity on {ident}");
+            println!("controller    discovery on {disc}, identity on {ident}, admin on {admin}");
             let anchors = state.join("trust-anchors.pem");
             for _ in 0..100 {
                 if anchors.exists() {
@@ -192,7 +194,8 @@ services:
     }
     println!("try: curl -x http://{} http://orders.demo:8080/\n", workloads[0].outbound);
 
-    load::spawn(workloads[0].outbound, vec!["http://orders.demo:8080/order", "http://payments.demo:8080/pay"], a.rps);
+    let targets = vec!["http://orders.demo:8080/order", "http://payments.demo:8080/pay"];
+    let counts = load::spawn(workloads[0].outbound, targets.clone(), a.rps);
 
     let start = tokio::time::Instant::now();
     let mut before = client_snapshot(workloads[0].admin).await;
@@ -204,12 +207,18 @@ services:
             _ = tokio::signal::ctrl_c() => break,
         }
         let t = start.elapsed().as_secs();
-        // The fault schedule: orders-2 fails a third of its requests from 10 s to 30 s, payments
-        // slows down from 20 s to 30 s; then everything heals, and the cycle repeats every 40 s.
+        // The fault schedule: orders-2 fails a third of its requests from 10 s to 30 s (orders
+        // retries 5xx, so callers hardly see it), payments fails a tenth from 15 s to 30 s (no
+        // retries: callers see it) and slows down from 20 s to 30 s; then everything heals, and the
+        // cycle repeats every 40 s.
         let phase = t % 40;
         let (err, slow) = (if (10..30).contains(&phase) { 33 } else { 0 }, if (20..30).contains(&phase) { 200 } else { 20 });
         if orders2.faults.error_percent.swap(err, Ordering::Relaxed) != err {
             println!("-- t={t}s fault: orders-2 now fails {err}% of requests");
+        }
+        let pay_err = if (15..30).contains(&phase) { 10 } else { 0 };
+        if payments.faults.error_percent.swap(pay_err, Ordering::Relaxed) != pay_err {
+            println!("-- t={t}s fault: payments now fails {pay_err}% of requests");
         }
         if payments.faults.latency_ms.swap(slow, Ordering::Relaxed) != slow {
             println!("-- t={t}s fault: payments latency now ~{slow} ms");
@@ -217,6 +226,16 @@ services:
         let now = client_snapshot(workloads[0].admin).await;
         println!("t={t}s  golden metrics of 'web' (outbound, last {}s)", a.interval);
         print!("{}", crate::stat::render(&now.delta(&before), "outbound", a.interval as f64));
+        // What the load generator itself got back so far (completed requests, not a rate).
+        let seen: Vec<String> = targets
+            .iter()
+            .zip(counts.iter())
+            .map(|(t, c)| {
+                let host = t.trim_start_matches("http://").split('/').next().unwrap_or(t);
+                format!("{host} ok {} failed {}", c.ok.load(Ordering::Relaxed), c.failed.load(Ordering::Relaxed))
+            })
+            .collect();
+        println!("load totals   {}", seen.join(", "));
         before = now;
         if a.duration.is_some_and(|d| t >= d) {
             break;

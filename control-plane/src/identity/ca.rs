@@ -7,13 +7,17 @@
 //! An issuer is only taken into use when it can sign certificates the proxies will accept: its key
 //! matches its certificate, it is a CA, it has not expired, and (when the anchors file is known) it
 //! chains to one of the trust anchors. Anything else is refused and the current issuer kept.
+//!
+//! Keys are read as PKCS#8, SEC1 (`EC PRIVATE KEY`, what cert-manager writes into the issuer
+//! Secret) or PKCS#1 RSA ([`key_pair_from_pem`]): rcgen with ring signs from PKCS#8 only, so the
+//! other two are wrapped first.
 
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
     io::Write,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -21,8 +25,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, pem::PemObject};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, pem::PemObject};
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::reload::{Reload, Seen};
 
 /// DESIGN §4: proxies renew at 70 %, so a day gives hours of slack when the controller is down.
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -64,6 +70,8 @@ pub enum CaError {
     Csr(rcgen::Error),
     #[error("the key cannot be used for TLS: {0}")]
     Key(String),
+    #[error("{0}: not a private key rcgen can sign with (PKCS#8, SEC1 P-256/P-384 or PKCS#1 RSA): {1}")]
+    KeyFormat(String, String),
 }
 
 /// Where the issuer comes from, and the anchors it must chain to.
@@ -91,7 +99,7 @@ struct Current {
 pub struct Ca {
     current: RwLock<Arc<Current>>,
     /// What the files held when last read, so a bad edit is reported once and not on every poll.
-    seen: Mutex<u64>,
+    seen: Seen,
     files: IssuerFiles,
     lifetime: Duration,
 }
@@ -135,6 +143,65 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) {
     params.not_after = (now + lifetime).into();
 }
 
+/// DER of the AlgorithmIdentifier contents (inside the SEQUENCE) that PKCS#8 wraps each key kind in:
+/// id-ecPublicKey with a named curve, or rsaEncryption with NULL parameters (RFC 5480, RFC 8017).
+const ALG_EC_P256: &[u8] =
+    &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const ALG_EC_P384: &[u8] =
+    &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+const ALG_RSA: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
+
+/// A DER tag-length-value.
+fn der_tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = value.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+/// PKCS#8 PrivateKeyInfo (RFC 5208) around a SEC1 or PKCS#1 key: version 0, the algorithm, the key
+/// as an OCTET STRING. The inner key is not touched; ring checks it (and a SEC1 key's own curve
+/// parameters against `alg`) when rcgen loads the result.
+fn pkcs8_wrap(alg: &[u8], inner: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend(der_tlv(0x30, alg));
+    body.extend(der_tlv(0x04, inner));
+    der_tlv(0x30, &body)
+}
+
+/// Reads a private key in any of the PEM forms a CA key arrives in: PKCS#8 (`PRIVATE KEY`, what
+/// this controller and rcgen write), SEC1 (`EC PRIVATE KEY`, what cert-manager and `openssl ec`
+/// write) and PKCS#1 (`RSA PRIVATE KEY`). rcgen with ring takes PKCS#8 only, so the other two are
+/// wrapped into PKCS#8 first (SEC1 does not always name its curve, so P-256 then P-384 are tried;
+/// ring refuses a key whose own curve parameters disagree).
+pub fn key_pair_from_pem(what: &str, pem: &str) -> Result<KeyPair, CaError> {
+    let bad = |e: String| CaError::KeyFormat(what.to_string(), e);
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let candidates: Vec<Vec<u8>> = match &der {
+        PrivateKeyDer::Pkcs8(k) => vec![k.secret_pkcs8_der().to_vec()],
+        PrivateKeyDer::Sec1(k) => {
+            [ALG_EC_P256, ALG_EC_P384].iter().map(|alg| pkcs8_wrap(alg, k.secret_sec1_der())).collect()
+        }
+        PrivateKeyDer::Pkcs1(k) => vec![pkcs8_wrap(ALG_RSA, k.secret_pkcs1_der())],
+        _ => return Err(bad("a kind of private key this controller does not know".to_string())),
+    };
+    let mut last = String::new();
+    for pkcs8 in candidates {
+        match KeyPair::try_from(pkcs8.as_slice()) {
+            Ok(key) => return Ok(key),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(bad(last))
+}
+
 /// A new self-signed trust anchor: (certificate PEM, key PEM).
 pub fn new_anchor(name: &str) -> Result<(String, String), CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -149,7 +216,7 @@ pub fn new_anchor(name: &str) -> Result<(String, String), CaError> {
 
 /// A new issuer certified by the anchor: (certificate PEM, key PEM).
 pub fn new_issuer(anchor_cert_pem: &str, anchor_key_pem: &str, name: &str) -> Result<(String, String), CaError> {
-    let anchor_key = KeyPair::from_pem(anchor_key_pem)?;
+    let anchor_key = key_pair_from_pem("the trust anchor's key", anchor_key_pem)?;
     let anchor = Issuer::from_ca_cert_pem(anchor_cert_pem, anchor_key)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
@@ -200,7 +267,7 @@ impl Ca {
     pub fn from_files(files: IssuerFiles, lifetime: Duration) -> Result<Self, CaError> {
         let seen = fingerprint(&files);
         let current = load_issuer(&files)?;
-        Ok(Ca { current: RwLock::new(Arc::new(current)), seen: Mutex::new(seen), files, lifetime })
+        Ok(Ca { current: RwLock::new(Arc::new(current)), seen: Seen::new(seen), files, lifetime })
     }
 
     pub fn files(&self) -> &IssuerFiles {
@@ -234,13 +301,8 @@ impl Ca {
     /// be used is reported once and the current issuer kept; the next change is tried again (so
     /// replacing the certificate and the key one after the other works).
     pub fn reload_if_changed(&self) -> Result<bool, CaError> {
-        let now = fingerprint(&self.files);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == now {
-                return Ok(false);
-            }
-            *seen = now;
+        if !self.seen.changed(fingerprint(&self.files)) {
+            return Ok(false);
         }
         let next = load_issuer(&self.files)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
@@ -283,14 +345,15 @@ fn unix(t: SystemTime) -> u64 {
 
 /// A hash of the files' contents (or of why they could not be read).
 fn fingerprint(f: &IssuerFiles) -> u64 {
-    let mut h = DefaultHasher::new();
-    for p in [Some(&f.cert), Some(&f.key), f.anchors.as_ref()].into_iter().flatten() {
-        match std::fs::read(p) {
-            Ok(bytes) => bytes.hash(&mut h),
-            Err(e) => format!("{:?}", e.kind()).hash(&mut h),
-        }
+    crate::reload::fingerprint([Some(&f.cert), Some(&f.key), f.anchors.as_ref()].into_iter().flatten().map(PathBuf::as_path))
+}
+
+impl Reload for Ca {
+    type Error = CaError;
+
+    fn reload_if_changed(&self) -> Result<bool, CaError> {
+        Ca::reload_if_changed(self)
     }
-    h.finish()
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
@@ -311,7 +374,7 @@ fn parse<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, CaError>
 fn load_issuer(files: &IssuerFiles) -> Result<Current, CaError> {
     let cert_path = files.cert.display().to_string();
     let chain = certs(&files.cert)?;
-    let key = KeyPair::from_pem(&read_string(&files.key)?)?;
+    let key = key_pair_from_pem(&files.key.display().to_string(), &read_string(&files.key)?)?;
     let x509 = parse(&files.cert, &chain[0])?;
     if x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(CaError::KeyMismatch { cert: cert_path, key: files.key.display().to_string() });
@@ -476,5 +539,94 @@ mod tests {
         write(&files.key, &k, true).unwrap();
         assert!(matches!(ca.reload_if_changed(), Err(CaError::Expired { .. })));
         assert!(matches!(Ca::from_files(files, DEFAULT_LEAF_LIFETIME), Err(CaError::Expired { .. })));
+    }
+
+    /// An issuer whose key is `key_pem` (any format), certified by a new anchor; the Ca built on it
+    /// signs a leaf that verifies under the issuer.
+    fn ca_with_issuer_key(key_pem: &str) -> Result<Ca, CaError> {
+        let dir = tempfile::tempdir().unwrap();
+        let (anchor, anchor_key) = new_anchor("a").unwrap();
+        let signer = Issuer::from_ca_cert_pem(&anchor, KeyPair::from_pem(&anchor_key).unwrap()).unwrap();
+        let key = key_pair_from_pem("issuer key", key_pem)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "issuer");
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        validity(&mut p, Duration::from_secs(3600));
+        let cert = p.signed_by(&key, &signer).unwrap().pem();
+        let files = IssuerFiles {
+            cert: dir.path().join("i.pem"),
+            key: dir.path().join("k.pem"),
+            anchors: Some(dir.path().join("a.pem")),
+        };
+        write(files.anchors.as_ref().unwrap(), &anchor, false).unwrap();
+        write(&files.cert, &cert, false).unwrap();
+        // The file keeps the format it came in, as a mounted Secret would.
+        write(&files.key, key_pem, true).unwrap();
+        let ca = Ca::from_files(files, Duration::from_secs(60))?;
+        let s = ca.sign(&csr(), "spiffe://td/ns/a/sa/b").unwrap();
+        let leaf = parse(Path::new("leaf"), &s.leaf_der).unwrap();
+        let issuer = parse(Path::new("issuer"), &s.chain_der[0]).unwrap();
+        leaf.verify_signature(Some(issuer.public_key())).unwrap();
+        Ok(ca)
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        ::pem::encode(&::pem::Pem::new(label, der.to_vec()))
+    }
+
+    #[test]
+    fn issuer_keys_in_sec1_and_pkcs1_are_accepted() {
+        // What cert-manager writes (SEC1 with the curve named), and PKCS#1 RSA: fixtures made once by
+        // another implementation (testdata/README.md).
+        for fixture in [
+            include_str!("testdata/sec1-p256.key"),
+            include_str!("testdata/sec1-p384.key"),
+            include_str!("testdata/pkcs1-rsa2048.key"),
+        ] {
+            let label = fixture.lines().next().unwrap_or_default().to_string();
+            ca_with_issuer_key(fixture).unwrap_or_else(|e| panic!("{label}: {e}"));
+        }
+        // PKCS#8 as before.
+        let generated = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        ca_with_issuer_key(&generated.serialize_pem()).unwrap();
+        // The SEC1 key inside a PKCS#8 one (ring writes it without the optional curve parameters):
+        // same key, same public key once loaded.
+        let pkcs8 = generated.serialize_der();
+        let (_, info) = x509_parser::der_parser::parse_der(&pkcs8).unwrap();
+        let sec1 = info.as_sequence().unwrap()[2].as_slice().unwrap().to_vec();
+        let sec1_pem = pem("EC PRIVATE KEY", &sec1);
+        let loaded = key_pair_from_pem("sec1", &sec1_pem).unwrap();
+        assert_eq!(loaded.public_key_raw(), generated.public_key_raw());
+        ca_with_issuer_key(&sec1_pem).unwrap();
+    }
+
+    #[test]
+    fn keys_that_are_not_keys_are_refused_with_the_file_named() {
+        let garbage = pem("EC PRIVATE KEY", b"\x30\x03\x02\x01\x01");
+        let e = key_pair_from_pem("/etc/issuer/tls.key", &garbage).unwrap_err();
+        assert!(matches!(e, CaError::KeyFormat(..)), "{e}");
+        assert!(e.to_string().contains("/etc/issuer/tls.key"), "{e}");
+        let e = key_pair_from_pem("k", "not pem").unwrap_err();
+        assert!(matches!(e, CaError::KeyFormat(..)), "{e}");
+        // A P-256 SEC1 key that says it is on P-384 is refused (ring compares the parameters).
+        let generated = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pkcs8 = generated.serialize_der();
+        let (_, info) = x509_parser::der_parser::parse_der(&pkcs8).unwrap();
+        let sec1 = info.as_sequence().unwrap()[2].as_slice().unwrap().to_vec();
+        let (_, ec) = x509_parser::der_parser::parse_der(&sec1).unwrap();
+        let fields = ec.as_sequence().unwrap();
+        let mut body = vec![0x02, 0x01, 0x01];
+        body.extend(der_tlv(0x04, fields[1].as_slice().unwrap()));
+        body.extend(der_tlv(0xa0, &ALG_EC_P384[9..]));
+        body.extend(der_tlv(0xa1, &der_tlv(0x03, &[&[0u8][..], generated.public_key_raw()].concat())));
+        let lying = pem("EC PRIVATE KEY", &der_tlv(0x30, &body));
+        assert!(key_pair_from_pem("k", &lying).is_err());
+        // ... and accepted when it tells the truth.
+        let mut body = vec![0x02, 0x01, 0x01];
+        body.extend(der_tlv(0x04, fields[1].as_slice().unwrap()));
+        body.extend(der_tlv(0xa0, &ALG_EC_P256[9..]));
+        body.extend(der_tlv(0xa1, &der_tlv(0x03, &[&[0u8][..], generated.public_key_raw()].concat())));
+        let honest = pem("EC PRIVATE KEY", &der_tlv(0x30, &body));
+        assert_eq!(key_pair_from_pem("k", &honest).unwrap().public_key_raw(), generated.public_key_raw());
     }
 }

@@ -145,31 +145,19 @@ impl Identity for IdentityService {
 /// certificate; a bad one is reported (log, `strait_controller_issuer_reloads_total{result="error"}`)
 /// and the current one keeps signing.
 pub async fn watch_issuer(ca: Arc<Ca>, interval: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+    let watched = ca.clone();
+    crate::reload::watch(watched, interval, shutdown, move |result| match result {
+        Ok(()) => {
+            metrics.issuer_reloads.with_label_values(&["ok"]).inc();
+            metrics.issuer_expiry.set(i64::try_from(ca.issuer_not_after_unix()).unwrap_or(i64::MAX));
+            tracing::info!(issuer = %ca.issuer_subject(), cert = %ca.files().cert.display(), "issuer reloaded; new certificates come from it");
         }
-        let check = {
-            let ca = ca.clone();
-            tokio::task::spawn_blocking(move || ca.reload_if_changed()).await
-        };
-        match check {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => {
-                metrics.issuer_reloads.with_label_values(&["ok"]).inc();
-                metrics.issuer_expiry.set(i64::try_from(ca.issuer_not_after_unix()).unwrap_or(i64::MAX));
-                tracing::info!(issuer = %ca.issuer_subject(), cert = %ca.files().cert.display(), "issuer reloaded; new certificates come from it");
-            }
-            Ok(Err(e)) => {
-                metrics.issuer_reloads.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %e, issuer = %ca.issuer_subject(), "issuer files changed but cannot be used; the current issuer keeps signing");
-            }
-            Err(e) => tracing::warn!(error = %e, "checking the issuer files"),
+        Err(e) => {
+            metrics.issuer_reloads.with_label_values(&["error"]).inc();
+            tracing::warn!(error = %e, issuer = %ca.issuer_subject(), "issuer files changed but cannot be used; the current issuer keeps signing");
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -26,6 +26,12 @@ pub const KIND: &str = "Namespace";
 #[derive(Clone)]
 pub struct Namespaces(reflector::Store<Namespace>);
 
+impl std::fmt::Debug for Namespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespaces").field("listed", &self.0.len()).finish()
+    }
+}
+
 impl Namespaces {
     /// The Strait annotations of `namespace`; `None` before the first list or for a namespace that
     /// does not exist (yet).

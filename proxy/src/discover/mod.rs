@@ -17,6 +17,13 @@ use std::{
 
 pub use profile::{Endpoint, ServiceProfile};
 
+/// Discovery has not answered about a destination within `STRAIT_DISCOVERY_WAIT` (the controller
+/// is unreachable, or has not answered since start-up). The data path fails closed on it: a
+/// destination it cannot place is never assumed to be outside the mesh.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("discovery has not answered in time (STRAIT_DISCOVERY_WAIT)")]
+pub struct Unavailable;
+
 /// Answers "what does this authority name?": from a table a static source fills, or from the
 /// controller, asked on demand.
 #[derive(Clone, Default)]
@@ -71,9 +78,10 @@ impl Discovery {
         who: remote::Identity,
         metrics: crate::metrics::Metrics,
         dns: crate::dns::Dns,
+        first_answer_timeout: std::time::Duration,
         max_subscriptions: usize,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (client, task) = remote::Client::new(addr, who, metrics, dns, max_subscriptions);
+        let (client, task) = remote::Client::new(addr, who, metrics, dns, first_answer_timeout, max_subscriptions);
         (Discovery { table: Arc::default(), remote: Some(client) }, task)
     }
 
@@ -82,23 +90,26 @@ impl Discovery {
     }
 
     /// Resolves an HTTP authority (`host[:port]`).
-    pub async fn resolve(&self, authority: &str) -> Option<Arc<ServiceProfile>> {
+    pub async fn resolve(&self, authority: &str) -> Result<Option<Arc<ServiceProfile>>, Unavailable> {
         match &self.remote {
-            None => self.resolve_authority(authority),
+            None => Ok(self.resolve_authority(authority)),
             Some(r) => {
                 if is_normal(authority) {
                     r.resolve(authority).await
                 } else {
-                    r.resolve(&normalize_authority(authority)?).await
+                    match normalize_authority(authority) {
+                        Some(a) => r.resolve(&a).await,
+                        None => Ok(None),
+                    }
                 }
             }
         }
     }
 
     /// Resolves a connection's original destination (a Service's cluster IP and port).
-    pub async fn resolve_dst(&self, addr: SocketAddr) -> Option<Arc<ServiceProfile>> {
+    pub async fn resolve_dst(&self, addr: SocketAddr) -> Result<Option<Arc<ServiceProfile>>, Unavailable> {
         match &self.remote {
-            None => self.resolve_addr(addr),
+            None => Ok(self.resolve_addr(addr)),
             Some(r) => r.resolve(&addr.to_string()).await,
         }
     }

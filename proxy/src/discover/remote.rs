@@ -27,10 +27,9 @@ use tokio::sync::{mpsc, watch};
 use super::ServiceProfile;
 use crate::{dns::Dns, metrics::Metrics};
 
-/// How long a request waits for the controller's first answer about a new authority before it is
-/// treated as outside the mesh. Local controller answers take milliseconds; this only bounds the
-/// cost when the controller is unreachable.
-pub const DEFAULT_FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request waits for the controller's first answer about a new authority before it
+/// fails closed ([`super::Unavailable`]): `STRAIT_DISCOVERY_WAIT`.
+pub const DEFAULT_FIRST_ANSWER_TIMEOUT: Duration = crate::config::DEFAULT_DISCOVERY_WAIT;
 /// An authority unused for this long is unsubscribed, so a proxy follows only what it talks to.
 pub const DEFAULT_IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(300);
 /// Reconnect backoff: first retry soon (a controller restart), doubling up to 5 s; backon's jitter
@@ -68,6 +67,9 @@ pub struct Client {
     first_answer_timeout: Duration,
     inbound: watch::Sender<Arc<pb::InboundPolicy>>,
     max_subscriptions: usize,
+    /// True once the controller has answered at all (its first message of a stream is the
+    /// workload's inbound policy): `/ready` and the inbound side wait for it.
+    synced: watch::Sender<bool>,
 }
 
 enum Command {
@@ -85,23 +87,27 @@ pub struct Identity {
 
 impl Client {
     /// The client and the task that runs its stream (spawn it).
+    /// `first_answer_timeout`: how long a new authority waits for its first answer.
     /// `max_subscriptions`: see [`DEFAULT_MAX_SUBSCRIPTIONS`].
     pub fn new(
         addr: String,
         who: Identity,
         metrics: Metrics,
         dns: Dns,
+        first_answer_timeout: Duration,
         max_subscriptions: usize,
     ) -> (Arc<Self>, impl Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(COMMANDS);
         let (inbound, _) = watch::channel(Arc::new(pb::InboundPolicy::default()));
+        let (synced, _) = watch::channel(false);
         let client = Arc::new(Client {
             entries: RwLock::new(HashMap::new()),
             commands: tx,
             epoch: Instant::now(),
-            first_answer_timeout: DEFAULT_FIRST_ANSWER_TIMEOUT,
+            first_answer_timeout,
             inbound,
             max_subscriptions: max_subscriptions.max(1),
+            synced,
         });
         let task = run(client.clone(), addr, who, metrics, dns, rx);
         (client, task)
@@ -111,12 +117,25 @@ impl Client {
         self.inbound.subscribe()
     }
 
+    /// Whether the controller has answered at least once since the proxy started.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Waits until [`Client::is_synced`], at most `limit`; returns whether it is.
+    pub async fn wait_synced(&self, limit: Duration) -> bool {
+        let mut rx = self.synced.subscribe();
+        matches!(tokio::time::timeout(limit, rx.wait_for(|s| *s)).await, Ok(Ok(_)))
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The controller's answer for `authority` (normal form), subscribing on first use.
-    pub async fn resolve(&self, authority: &str) -> Option<Arc<ServiceProfile>> {
+    /// The controller's answer for `authority` (normal form), subscribing on first use; `Err` when
+    /// no answer came within the wait (the controller is unreachable or slow): never a guess that
+    /// the destination is outside the mesh.
+    pub async fn resolve(&self, authority: &str) -> Result<Option<Arc<ServiceProfile>>, super::Unavailable> {
         let entry = {
             let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
             entries.get(authority).cloned()
@@ -129,17 +148,17 @@ impl Client {
         let mut rx = entry.answer.subscribe();
         let answer = rx.borrow_and_update().clone();
         match answer {
-            Answer::Found(p) => Some(p),
-            Answer::NotFound => None,
+            Answer::Found(p) => Ok(Some(p)),
+            Answer::NotFound => Ok(None),
             Answer::Pending => {
                 let waited = tokio::time::timeout(self.first_answer_timeout, rx.wait_for(|a| !matches!(a, Answer::Pending)))
                     .await;
                 match waited {
                     Ok(Ok(a)) => match &*a {
-                        Answer::Found(p) => Some(p.clone()),
-                        _ => None,
+                        Answer::Found(p) => Ok(Some(p.clone())),
+                        _ => Ok(None),
                     },
-                    _ => None,
+                    _ => Err(super::Unavailable),
                 }
             }
         }
@@ -316,6 +335,7 @@ async fn session(
                     confirmed = true;
                     metrics.discovery_current();
                 }
+                client.synced.send_if_modified(|s| !std::mem::replace(s, true));
                 if let Some(ack) = apply(client, metrics, msg) {
                     let _ = out_tx.send(req(ack)).await;
                 }

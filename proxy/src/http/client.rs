@@ -63,6 +63,7 @@ impl Clients {
             .pool_max_idle_per_host(H1_MAX_IDLE_PER_HOST)
             .pool_idle_timeout(H1_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
+            .http1_max_buf_size(super::headers::CODEC_MAX_HEADER_LIST_SIZE)
             .build(connector);
         Clients { connect_timeout, tls, metrics, h1, h2: H2Pool::default(), peers: H2Pool::default() }
     }
@@ -265,6 +266,7 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEPALIVE)
             .keep_alive_while_idle(true)
+            .max_header_list_size(super::headers::CODEC_MAX_HEADER_LIST_SIZE as u32)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProxyError::ConnectFailed(std::io::Error::other(e)))?;

@@ -27,6 +27,17 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("proxy is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    DiscoveryUnavailable(#[from] crate::discover::Unavailable),
+    /// The destination is one of this proxy's own listeners.
+    #[error("request loops back to the proxy")]
+    LoopDetected,
+    /// The request's header list is over [`super::headers::DEFAULT_MAX_HEADER_LIST_SIZE`].
+    #[error("request header list too large")]
+    HeadersTooLarge,
+    /// A peer named a port the workload does not serve.
+    #[error("port not served by the workload")]
+    PortNotAllowed,
 }
 
 impl ProxyError {
@@ -42,6 +53,10 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream-failed",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
+            ProxyError::LoopDetected => "loop-detected",
+            ProxyError::HeadersTooLarge => "headers-too-large",
+            ProxyError::PortNotAllowed => "port-not-allowed",
         }
     }
 
@@ -51,11 +66,14 @@ impl ProxyError {
             ProxyError::BulkheadFull | ProxyError::NoEndpoints | ProxyError::CircuitOpen => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ShuttingDown | ProxyError::DiscoveryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::IdentityMismatch | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::PortNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 

@@ -29,7 +29,7 @@ use hyper::{body::Incoming, service::Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Response;
+use super::{Response, headers::CODEC_MAX_HEADER_LIST_SIZE};
 use crate::config::{DEFAULT_H2_IDLE_TIMEOUT, DEFAULT_H2_MAX_CONCURRENT_STREAMS, DEFAULT_H2_MAX_CONNECTION_AGE};
 use crate::drain::{self, Drain};
 
@@ -48,6 +48,7 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(CODEC_MAX_HEADER_LIST_SIZE)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -75,6 +76,7 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE)
         .max_concurrent_streams(DEFAULT_H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(CODEC_MAX_HEADER_LIST_SIZE as u32)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let r = tokio::select! {

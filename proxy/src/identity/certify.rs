@@ -139,7 +139,7 @@ impl Certifier {
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = rustls::crypto::ring::default_provider();
         let signing = provider.key_provider.load_private_key(der)?;
-        self.store.set(Arc::new(CertifiedKey::new(chain, signing)));
+        self.store.set(Arc::new(CertifiedKey::new(chain, signing)), rsp.not_after_unix);
         self.metrics.identity_certify.with_label_values(&["ok"]).inc();
         self.metrics.identity_expiry.set(rsp.not_after_unix as i64);
         Ok(rsp.not_after_unix)

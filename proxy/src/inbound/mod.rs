@@ -37,6 +37,7 @@ use crate::{
         BoxedIo, Counted, Io, Prefixed,
         header::{Header, Protocol},
         orig_dst::orig_dst,
+        own::OwnListeners,
         tcp,
     },
 };
@@ -63,6 +64,7 @@ pub struct Inbound {
     discovery: Discovery,
     /// This proxy's own workload (`STRAIT_WORKLOAD`): the `dst_workload` of its requests.
     workload: Arc<str>,
+    own: OwnListeners,
 }
 
 impl Inbound {
@@ -77,7 +79,7 @@ impl Inbound {
         // Towards the local application only: never mesh TLS.
         let clients = Clients::new(cfg.connect_timeout, None, metrics.clone());
         let workload = Arc::from(cfg.workload.as_str());
-        Arc::new(Inbound { policy, cfg, clients, metrics, drain, tls, discovery, workload })
+        Arc::new(Inbound { policy, own: OwnListeners::new(&cfg), cfg, clients, metrics, drain, tls, discovery, workload })
     }
 
     /// Strict when the environment or the controller's policy for this workload says so.
@@ -103,6 +105,15 @@ impl Inbound {
 
     async fn accept(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, watch: drain::Watch) {
         let _ = tcp.set_nodelay(true);
+        // Until the controller's first answer (the workload's inbound policy), a connection waits
+        // for it, bounded by STRAIT_DISCOVERY_WAIT, rather than being served as permissive; then
+        // STRAIT_INBOUND_MODE decides alone (strict refuses plaintext, permissive serves it).
+        if let Some(remote) = self.discovery.remote_client()
+            && !remote.is_synced()
+            && !remote.wait_synced(self.cfg.discovery_wait).await
+        {
+            tracing::debug!(%peer, mode = ?self.cfg.inbound_mode, "no inbound policy from the controller yet; using STRAIT_INBOUND_MODE");
+        }
         if let Some(dst) = orig_dst(&tcp) {
             let io = Counted::new(tcp, &self.metrics, DIRECTION);
             return self.redirected(io, dst, &watch).await;
@@ -212,6 +223,9 @@ impl Inbound {
         let local = SocketAddr::new(self.cfg.inbound_local_ip.unwrap_or(arrived), header.port);
         if self.is_own_listener(local) {
             return;
+        }
+        if !self.serves(header.port) {
+            return self.refuse_port(io, header, watch).await;
         }
         match header.protocol {
             Protocol::Http2 => self.http(io, local, peer_id, Detected::Http2, watch).await,
@@ -340,17 +354,41 @@ impl Inbound {
         self.stream(io, local, None, watch).await
     }
 
+    /// Whether a peer may name this port of the workload: one a service of the mesh reaches it at
+    /// (the controller's inbound policy), one of `STRAIT_INBOUND_PORTS`, or one it declares opaque.
+    /// When neither of the first two lists anything (a mesh file without a controller, an older
+    /// controller), every port is allowed, as before.
+    fn serves(&self, port: u16) -> bool {
+        let policy = self.policy.as_ref().map(|p| p.borrow().clone());
+        let (served, opaque) = policy.as_deref().map_or((&[][..], &[][..]), |p| (&p.ports[..], &p.opaque_ports[..]));
+        let env = (&self.cfg.inbound_ports[..], &self.cfg.inbound_opaque_ports[..]);
+        if served.is_empty() && env.0.is_empty() {
+            return true;
+        }
+        served.iter().chain(opaque).any(|&p| p == u32::from(port)) || env.0.contains(&port) || env.1.contains(&port)
+    }
+
+    /// A peer named a port the workload does not serve: HTTP gets 403 `strait-error:
+    /// port-not-allowed` for every request (the client proxy passes it on, so the caller learns
+    /// why), a byte stream is closed.
+    async fn refuse_port<I: Io>(&self, io: I, header: Header, watch: &drain::Watch) {
+        self.metrics.inbound_refused.with_label_values(&["port"]).inc();
+        tracing::debug!(port = header.port, "a peer named a port the workload does not serve; refused");
+        let svc = hyper::service::service_fn(|_| async { Ok(ProxyError::PortNotAllowed.into_response()) });
+        match header.protocol {
+            Protocol::Http2 => server::serve_h2(io, svc, watch).await,
+            Protocol::Http1 => server::serve_h1(io, svc, watch).await,
+            Protocol::Opaque => {}
+        }
+    }
+
     /// A target that is one of this proxy's own listeners (a client outside the pod sent traffic to
     /// the outbound or admin port, or a peer named one in its header) is refused: forwarding it would
     /// loop back into the proxy, and would let outsiders use the outbound side as an open proxy.
+    /// The comparison is by reach ([`OwnListeners`]): `0.0.0.0`, `[::]`, `[::1]` and any loopback
+    /// address count, as does any address of the host behind an unspecified listener.
     fn is_own_listener(&self, target: SocketAddr) -> bool {
-        let c = &self.cfg;
-        let own = c.outbound_addrs.iter().chain(&c.inbound_addrs).chain(std::iter::once(&c.admin_addr)).any(|l| {
-            l.port() == target.port()
-                && (l.ip() == target.ip()
-                    || (l.ip().is_unspecified() && l.is_ipv4() == target.is_ipv4())
-                    || (l.ip().is_loopback() && target.ip().is_loopback() && l.is_ipv4() == target.is_ipv4()))
-        });
+        let own = self.own.contains(target);
         if own {
             self.metrics.inbound_refused.with_label_values(&["loop"]).inc();
             tracing::debug!(%target, "inbound target is one of the proxy's own listeners; refused");
@@ -388,6 +426,9 @@ struct Handler {
 impl Handler {
     async fn handle(self, req: http::Request<Incoming>) -> Result<Response, Infallible> {
         let start = Instant::now();
+        if let Err(e) = headers::check_size(req.headers()) {
+            return Ok(e.into_response());
+        }
         let mut req = req.map(Body::from);
         // Only the inbound side vouches for a client's identity; never trust one from the wire.
         req.headers_mut().remove(headers::CLIENT_ID);
@@ -424,6 +465,8 @@ impl Handler {
         };
         let rsp = match result {
             Ok(mut rsp) => {
+                // `strait-error` is the proxies' word; an application's own would be believed upstream.
+                rsp.headers_mut().remove(crate::http::errors::STRAIT_ERROR);
                 let peer_tls = self.peer_id.is_some();
                 let deferred = metrics::status_in_trailers(rsp.headers()).then(|| {
                     let owned = OwnedLabels {

@@ -41,6 +41,9 @@ pub(super) async fn serve_h2<I: Io>(ob: Arc<Outbound>, io: I, target: Target, wa
 impl Handler {
     async fn handle(self, req: http::Request<Incoming>) -> Result<Response, Infallible> {
         let start = Instant::now();
+        if let Err(e) = headers::check_size(req.headers()) {
+            return Ok(e.into_response());
+        }
         if req.method() == Method::CONNECT {
             return Ok(self.connect(req));
         }
@@ -56,12 +59,18 @@ impl Handler {
                 }
             },
         };
-        let profile = match self.ob.discovery.resolve(&authority).await {
-            Some(p) => Some(p),
-            None => match &self.target {
+        let resolved = match self.ob.discovery.resolve(&authority).await {
+            Ok(None) => match &self.target {
                 Target::OrigDst(a) => self.ob.discovery.resolve_dst(*a).await,
-                _ => None,
+                _ => Ok(None),
             },
+            other => other,
+        };
+        // Discovery that has not answered fails closed: a destination it cannot place is never
+        // assumed to be outside the mesh (that would send meshed traffic in plaintext).
+        let (profile, unavailable) = match resolved {
+            Ok(p) => (p, None),
+            Err(e) => (None, Some(e)),
         };
         // The application never gets to set the identity header the inbound side vouches for.
         req.headers_mut().remove(headers::CLIENT_ID);
@@ -75,7 +84,10 @@ impl Handler {
                 let (r, peer, workload) = self.to_service(req, p, &authority).await;
                 (r, &*p.authority, peer, workload)
             }
-            None => (self.passthrough(req, &authority).await, crate::metrics::UNKNOWN, None, None),
+            None => match unavailable {
+                Some(e) => (Err(e.into()), crate::metrics::UNKNOWN, None, None),
+                None => (self.passthrough(req, &authority).await, crate::metrics::UNKNOWN, None, None),
+            },
         };
         let labels = Labels {
             direction: DIRECTION,
@@ -176,7 +188,10 @@ impl Handler {
                 let io = self.ob.clients.connect_peer(proxy, ep.identity.as_ref(), header).await?;
                 upgrade::send(io, req).await
             }
-            Some(proxy) => self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await,
+            Some(proxy) => self.ob.clients.to_peer(proxy, port, ep.identity.as_ref(), req).await.map(|mut rsp| {
+                rsp.extensions_mut().insert(crate::outbound::policy::retry::FromPeerProxy);
+                rsp
+            }),
             None => {
                 // Not meshed: the request goes out as the client sent it.
                 if req.headers_mut().remove(headers::ORIG_PROTO).is_some() {
@@ -197,10 +212,11 @@ impl Handler {
         self.ob.metrics.passthrough.with_label_values(&[DIRECTION, "http"]).inc();
         let addr = match &self.target {
             Target::OrigDst(a) => *a,
+            _ if self.ob.own.named_by(authority) => return Err(ProxyError::LoopDetected),
             _ => self.ob.dns.resolve(authority).await.map_err(ProxyError::ConnectFailed)?,
         };
-        if addr == self.ob.cfg.outbound_addr {
-            return Err(ProxyError::BadRequest("request loops back to the proxy"));
+        if self.ob.own.contains(addr) {
+            return Err(ProxyError::LoopDetected);
         }
         self.direct(req, addr, authority).await
     }
@@ -227,6 +243,9 @@ impl Handler {
         let Some(authority) = req.uri().authority().map(|a| Arc::<str>::from(a.as_str())) else {
             return ProxyError::BadRequest("CONNECT needs host:port").into_response();
         };
+        if self.ob.own.named_by(&authority) {
+            return ProxyError::LoopDetected.into_response();
+        }
         let ob = self.ob.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {

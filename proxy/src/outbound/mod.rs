@@ -14,11 +14,11 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{
     config::Config,
     detect::{self, Detected},
-    discover::{Discovery, ServiceProfile},
+    discover::{Discovery, ServiceProfile, Unavailable},
     drain::{self, Drain},
     http::client::Clients,
     metrics::Metrics,
-    transport::{Counted, orig_dst::orig_dst},
+    transport::{Counted, orig_dst::orig_dst, own::OwnListeners},
 };
 
 pub(crate) const DIRECTION: &str = "outbound";
@@ -35,6 +35,8 @@ pub struct Outbound {
     /// source labels of every outbound request, made once.
     pub(crate) src_workload: Arc<str>,
     pub(crate) src_namespace: Arc<str>,
+    /// Where traffic must never be sent: back into this proxy.
+    pub(crate) own: OwnListeners,
 }
 
 /// Where the client meant its connection to go, before any request says more.
@@ -63,6 +65,7 @@ impl Outbound {
         Arc::new(Outbound {
             src_workload: Arc::from(cfg.workload.as_str()),
             src_namespace: Arc::from(cfg.namespace.as_str()),
+            own: OwnListeners::new(&cfg),
             cfg,
             discovery,
             clients,
@@ -93,9 +96,9 @@ impl Outbound {
         self.serve_io(io, target, &watch).await;
     }
 
-    async fn profile_for(&self, target: &Target) -> Option<Arc<ServiceProfile>> {
+    async fn profile_for(&self, target: &Target) -> Result<Option<Arc<ServiceProfile>>, Unavailable> {
         match target {
-            Target::Listener => None,
+            Target::Listener => Ok(None),
             Target::OrigDst(a) => self.discovery.resolve_dst(*a).await,
             Target::Tunnel(auth) => self.discovery.resolve(auth).await,
         }
@@ -115,7 +118,19 @@ impl Outbound {
 
     /// Handles one client connection (accepted, or tunnelled through CONNECT).
     pub(crate) async fn serve_io<I: Io>(self: &Arc<Self>, io: I, target: Target, watch: &drain::Watch) {
-        let profile = self.profile_for(&target).await;
+        // Unanswered discovery: HTTP still gets its answer (a 503 naming the cause, see `http`);
+        // any other stream is closed rather than passed through in plaintext.
+        let (profile, unavailable) = match self.profile_for(&target).await {
+            Ok(p) => (p, false),
+            Err(e) => {
+                tracing::debug!(error = %e, ?target, "no discovery answer for the destination");
+                (None, true)
+            }
+        };
+        if unavailable && self.is_opaque(&target, None) {
+            self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
+            return;
+        }
         if self.is_opaque(&target, profile.as_deref()) {
             self.metrics.detect.with_label_values(&[DIRECTION, "skipped"]).inc();
             return tcp::forward(self, io, &target, profile).await;
@@ -133,6 +148,9 @@ impl Outbound {
             Detected::Http1 => http::serve_h1(self.clone(), io, target, watch).await,
             Detected::Http2 => http::serve_h2(self.clone(), io, target, watch).await,
             Detected::Closed => {}
+            Detected::Tls | Detected::Opaque | Detected::Timeout if unavailable => {
+                tracing::debug!(?target, "closing a non-HTTP stream: discovery has not answered (STRAIT_DISCOVERY_WAIT)");
+            }
             Detected::Tls | Detected::Opaque | Detected::Timeout => tcp::forward(self, io, &target, profile).await,
         }
     }

@@ -38,6 +38,7 @@ pub(super) async fn forward<I: Io>(
                 Err(e) => Err(e),
             }
         }
+        (None, Target::OrigDst(dst)) if ob.own.contains(*dst) => Err(ProxyError::LoopDetected),
         (None, Target::OrigDst(dst)) => {
             ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
             plain(ob.clients.connect(*dst).await)
@@ -45,6 +46,7 @@ pub(super) async fn forward<I: Io>(
         (None, Target::Tunnel(authority)) => {
             ob.metrics.passthrough.with_label_values(&[DIRECTION, "tcp"]).inc();
             match ob.dns.resolve(authority).await {
+                Ok(addr) if ob.own.contains(addr) => Err(ProxyError::LoopDetected),
                 Ok(addr) => plain(ob.clients.connect(addr).await),
                 Err(e) => Err(ProxyError::ConnectFailed(e)),
             }

@@ -4,7 +4,8 @@
 //! SAN, the identity discovery promised for that endpoint. Server side: a client certificate
 //! chained to the anchors is required, and its URI SAN becomes the peer's identity. Certificates
 //! come from the identity store at every handshake; the anchors file is re-read when it changes,
-//! so an anchor rotation needs no restart.
+//! so an anchor rotation needs no restart. Anchors given as text (`STRAIT_TRUST_ANCHORS_PEM`, as the
+//! injector does) never change: a rotation there is a rollout.
 //!
 //! Every handshake this side starts is bounded (`STRAIT_TLS_HANDSHAKE_TIMEOUT`): a peer that
 //! accepts TCP and then stalls fails the connect instead of holding the caller (and anything
@@ -46,7 +47,8 @@ pub enum TlsError {
 pub struct Tls {
     pub store: Arc<Store>,
     handshake_timeout: Duration,
-    anchors_path: PathBuf,
+    /// `None`: the anchors came as text and are never re-read.
+    anchors_path: Option<PathBuf>,
     configs: RwLock<Configs>,
 }
 
@@ -78,23 +80,30 @@ impl Tls {
     pub fn new(anchors_path: &Path, store: Arc<Store>, handshake_timeout: Duration) -> Result<Arc<Self>, TlsError> {
         let pem = std::fs::read(anchors_path)
             .map_err(|e| TlsError::Anchors(anchors_path.display().to_string(), e.to_string()))?;
-        let configs = build(&pem, anchors_path, &store)?;
+        let configs = build(&pem, &anchors_path.display().to_string(), &store)?;
         Ok(Arc::new(Tls {
             store,
             handshake_timeout,
-            anchors_path: anchors_path.to_path_buf(),
+            anchors_path: Some(anchors_path.to_path_buf()),
             configs: RwLock::new(configs),
         }))
     }
 
-    /// Re-reads the anchors file; a bad file is reported and the current anchors kept.
+    /// The anchors as PEM text (`STRAIT_TRUST_ANCHORS_PEM`).
+    pub fn from_pem(pem: &str, store: Arc<Store>, handshake_timeout: Duration) -> Result<Arc<Self>, TlsError> {
+        let configs = build(pem.as_bytes(), "STRAIT_TRUST_ANCHORS_PEM", &store)?;
+        Ok(Arc::new(Tls { store, handshake_timeout, anchors_path: None, configs: RwLock::new(configs) }))
+    }
+
+    /// Re-reads the anchors file; a bad file is reported and the current anchors kept. Anchors
+    /// given as text never change.
     pub fn reload_anchors(&self) -> Result<bool, TlsError> {
-        let pem = std::fs::read(&self.anchors_path)
-            .map_err(|e| TlsError::Anchors(self.anchors_path.display().to_string(), e.to_string()))?;
+        let Some(path) = &self.anchors_path else { return Ok(false) };
+        let pem = std::fs::read(path).map_err(|e| TlsError::Anchors(path.display().to_string(), e.to_string()))?;
         if self.configs.read().unwrap_or_else(|p| p.into_inner()).anchors_pem == pem {
             return Ok(false);
         }
-        let c = build(&pem, &self.anchors_path, &self.store)?;
+        let c = build(&pem, &path.display().to_string(), &self.store)?;
         *self.configs.write().unwrap_or_else(|p| p.into_inner()) = c;
         Ok(true)
     }
@@ -131,20 +140,21 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<str>> {
     ee.valid_uri_names().find(|u| u.starts_with("spiffe://")).map(Arc::from)
 }
 
-fn build(pem: &[u8], path: &Path, store: &Arc<Store>) -> Result<Configs, TlsError> {
+/// `source` names where the anchors came from, for errors.
+fn build(pem: &[u8], source: &str, store: &Arc<Store>) -> Result<Configs, TlsError> {
     let mut roots = RootCertStore::empty();
     let mut anchors = Vec::new();
     for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| TlsError::Anchors(path.display().to_string(), e.to_string()))?;
+        let cert = cert.map_err(|e| TlsError::Anchors(source.to_string(), e.to_string()))?;
         roots.add(cert.clone())?;
         anchors.push(
             webpki::anchor_from_trusted_cert(&cert)
-                .map_err(|e| TlsError::Anchors(path.display().to_string(), format!("{e:?}")))?
+                .map_err(|e| TlsError::Anchors(source.to_string(), format!("{e:?}")))?
                 .to_owned(),
         );
     }
     if anchors.is_empty() {
-        return Err(TlsError::NoAnchors(path.display().to_string()));
+        return Err(TlsError::NoAnchors(source.to_string()));
     }
     let provider = provider();
     let resolver = Arc::new(resolve::FromStore(store.clone()));
@@ -159,4 +169,25 @@ fn build(pem: &[u8], path: &Path, store: &Arc<Store>) -> Result<Configs, TlsErro
         .with_client_cert_verifier(client_verifier)
         .with_cert_resolver(resolver);
     Ok(Configs { client: Arc::new(client), server: Arc::new(server), anchors_pem: pem.to_vec() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Arc<Store> {
+        Store::new("spiffe://cluster.local/ns/a/sa/b".into(), "b.a.serviceaccount.identity.cluster.local".into())
+    }
+
+    #[test]
+    fn anchors_as_text_are_checked_and_never_reloaded() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let tls = Tls::from_pem(&pem, store()).unwrap();
+        assert!(!tls.reload_anchors().unwrap());
+        let e = Tls::from_pem("not a certificate", store()).err().unwrap();
+        assert!(e.to_string().contains("STRAIT_TRUST_ANCHORS_PEM"), "{e}");
+    }
 }

@@ -5,6 +5,7 @@
 pub mod counted;
 pub mod header;
 pub mod orig_dst;
+pub mod own;
 pub mod prefixed;
 pub mod tcp;
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 /// The resources the server knows: (apiVersion, plural, kind, namespaced). The URL of a resource
 /// is `/api/v1/<plural>` for the core group and `/apis/<group>/<version>/<plural>` otherwise.
-pub const RESOURCES: [(&str, &str, &str, bool); 8] = [
+pub const RESOURCES: [(&str, &str, &str, bool); 12] = [
     ("v1", "services", "Service", true),
     ("v1", "pods", "Pod", true),
     ("v1", "namespaces", "Namespace", false),
@@ -16,6 +16,10 @@ pub const RESOURCES: [(&str, &str, &str, bool); 8] = [
     ("events.k8s.io/v1", "events", "Event", true),
     ("v1", "events", "Event", true),
     ("apps/v1", "deployments", "Deployment", true),
+    ("v1", "secrets", "Secret", true),
+    ("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false),
+    ("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", false),
+    ("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", false),
 ];
 
 /// One resource type, e.g. `discovery.k8s.io/v1` `endpointslices`.

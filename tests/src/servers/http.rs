@@ -84,9 +84,11 @@ pub async fn serve(listener: TcpListener, name: &str) -> io::Result<()> {
             .unwrap_or(HeaderValue::from_static(""));
         async move {
             let service = service_fn(move |request| handle(state.clone(), peer.clone(), request));
-            auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Large header lists are the proxy's to limit, not the test app's (hyper's HTTP/2
+            // default is 16 KiB).
+            builder.http2().max_header_list_size(256 * 1024);
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
         }
     })
     .await
@@ -173,7 +175,15 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Boxed> {
                 Err(_) => with_status(StatusCode::BAD_REQUEST, "bad length"),
             }
         }
-        (_, p) if p.starts_with("/status/") => status(&p["/status/".len()..]),
+        (_, p) if p.starts_with("/status/") => {
+            let mut response = status(&p["/status/".len()..]);
+            // `?strait-error=<value>`: an application that imitates the proxy's error header.
+            let imitated = request.uri().query().into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("strait-error="));
+            if let Some(v) = imitated.and_then(|v| HeaderValue::from_str(v).ok()) {
+                response.headers_mut().insert("strait-error", v);
+            }
+            response
+        }
         _ => {
             let target = request
                 .uri()

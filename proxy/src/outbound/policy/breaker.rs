@@ -6,6 +6,13 @@
 //! Independently of the configured breaker, an endpoint that refuses connections is avoided for a
 //! short, growing backoff, so that retries and new requests go to endpoints that can answer.
 //!
+//! The service-wide ejected count is only ever changed under the endpoint's own lock, together
+//! with the state change it accounts for: one slot is taken when an endpoint goes from closed to
+//! open and given back exactly once, by the probe that restores it or by [`Breaker::release`] when
+//! discovery removes it. A removed endpoint's breaker may still see the outcome of a request that
+//! was in flight; it no longer counts. (Giving the slot back twice wrapped the count to
+//! `usize::MAX`, after which nothing was ever ejected again.)
+//!
 //! Written by hand: no maintained tower middleware ejects endpoints out of a shared balancer. The
 //! state is a small mutex held only for a few instructions, never across an await; time is passed
 //! in, so the state machine is tested without sleeping.
@@ -49,6 +56,8 @@ struct Inner {
     ejections: u32,
     connect_failures: u32,
     connect_backoff_until: Option<Instant>,
+    /// The endpoint left the service: its slot was given back, and it takes no other.
+    released: bool,
 }
 
 /// Service-wide count of ejected endpoints, for the max-ejection cap.
@@ -88,6 +97,7 @@ impl Default for Breaker {
                 ejections: 0,
                 connect_failures: 0,
                 connect_backoff_until: None,
+                released: false,
             }),
         }
     }
@@ -145,13 +155,16 @@ impl Breaker {
             g.connect_failures = 0;
             g.connect_backoff_until = None;
         }
+        if g.released {
+            return Transition::None;
+        }
         let failed = outcome != Outcome::Success;
         match (&g.state, failed) {
             (State::HalfOpen { .. }, false) => {
                 g.state = State::Closed;
                 g.consecutive = 0;
                 g.ejections = 0;
-                ejections.ejected.fetch_sub(1, Ordering::AcqRel);
+                ejections.give_back();
                 Transition::Restored
             }
             (State::HalfOpen { .. }, true) => {
@@ -186,10 +199,25 @@ impl Breaker {
     }
 
     /// An ejected endpoint left the service (discovery removed it): give its slot back.
+    /// Idempotent; checked and changed under the same lock as [`Breaker::record`], so a probe that
+    /// finishes at the same time cannot give the slot back a second time.
     pub fn release(&self, ejections: &Ejections) {
-        if self.is_ejected() {
-            ejections.ejected.fetch_sub(1, Ordering::AcqRel);
+        let mut g = self.lock();
+        if g.released {
+            return;
         }
+        g.released = true;
+        if g.state != State::Closed {
+            ejections.give_back();
+        }
+    }
+}
+
+impl Ejections {
+    /// Gives one slot back; never below zero (the callers guard against a second give-back, this
+    /// keeps a mistake from wrapping the count and disabling ejection for good).
+    fn give_back(&self) {
+        let _ = self.ejected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }
 
@@ -259,5 +287,118 @@ mod tests {
         assert_eq!(b.admit(t0 + Duration::from_millis(150), true), Admit::Yes);
         b.record(t0, Outcome::ConnectFailure, 0, T, &e, 3, 50);
         assert_eq!(b.admit(t0 + Duration::from_millis(150), true), Admit::No);
+    }
+
+    mod props {
+        //! Any sequence of outcomes, probes, ejections, recoveries and removals (with requests to a
+        //! removed endpoint still finishing afterwards) keeps the ejected count equal to the number
+        //! of ejected endpoints in the service, and leaves the breaker able to eject.
+        use super::*;
+        use proptest::{collection::vec, prelude::*};
+
+        const ENDPOINTS: usize = 4;
+        const THRESHOLD: u32 = 2;
+        /// Of 4 endpoints, 3 may be ejected at once.
+        const MAX_PERCENT: u32 = 75;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A request to this endpoint finishes; `stale`: to a removed one it was sent to before.
+            Record { slot: usize, outcome: Outcome, stale: bool },
+            /// The balancer takes this endpoint's half-open probe, if it has one.
+            Probe(usize),
+            /// Time passes.
+            Advance(u64),
+            /// Discovery replaces this endpoint (the old one may still see outcomes).
+            Replace(usize),
+            /// Every ejected endpoint's time is over and its probe succeeds.
+            RecoverAll,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let outcome = prop_oneof![Just(Outcome::Success), Just(Outcome::Failure), Just(Outcome::ConnectFailure)];
+            prop_oneof![
+                4 => (0..ENDPOINTS, outcome, any::<bool>())
+                    .prop_map(|(slot, outcome, stale)| Op::Record { slot, outcome, stale }),
+                2 => (0..ENDPOINTS).prop_map(Op::Probe),
+                2 => (0u64..40_000).prop_map(Op::Advance),
+                1 => (0..ENDPOINTS).prop_map(Op::Replace),
+                1 => Just(Op::RecoverAll),
+            ]
+        }
+
+        struct Service {
+            e: Ejections,
+            now: Instant,
+            current: Vec<Breaker>,
+            stale: Vec<Vec<Breaker>>,
+        }
+
+        impl Service {
+            fn record(&self, b: &Breaker, o: Outcome) -> Transition {
+                b.record(self.now, o, THRESHOLD, T, &self.e, ENDPOINTS, MAX_PERCENT)
+            }
+
+            fn recover_all(&mut self) {
+                self.now += MAX_EJECTION_TIME + CONNECT_BACKOFF_MAX;
+                for b in &self.current {
+                    if b.is_ejected() {
+                        // Takes the probe, unless one is in flight already (it answers now).
+                        b.admit(self.now, true);
+                        assert_eq!(self.record(b, Outcome::Success), Transition::Restored);
+                    }
+                }
+            }
+
+            fn count(&self) -> usize {
+                self.e.ejected.load(Ordering::Acquire)
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+            #[test]
+            fn the_ejected_count_never_wraps_and_ejection_keeps_working(ops in vec(op(), 1..80)) {
+                let mut s = Service {
+                    e: Ejections::default(),
+                    now: Instant::now(),
+                    current: (0..ENDPOINTS).map(|_| Breaker::default()).collect(),
+                    stale: (0..ENDPOINTS).map(|_| Vec::new()).collect(),
+                };
+                for op in ops {
+                    match op {
+                        Op::Record { slot, outcome, stale } => {
+                            let b = if stale { s.stale[slot].last() } else { None };
+                            s.record(b.unwrap_or(&s.current[slot]), outcome);
+                        }
+                        Op::Probe(slot) => {
+                            s.current[slot].admit(s.now, true);
+                        }
+                        Op::Advance(ms) => s.now += Duration::from_millis(ms),
+                        Op::Replace(slot) => {
+                            let old = std::mem::take(&mut s.current[slot]);
+                            old.release(&s.e);
+                            // Discovery may send the same removal twice.
+                            old.release(&s.e);
+                            s.stale[slot].push(old);
+                        }
+                        Op::RecoverAll => s.recover_all(),
+                    }
+                    let ejected = s.current.iter().filter(|b| b.is_ejected()).count();
+                    prop_assert!(s.count() <= ENDPOINTS, "count {} of {} endpoints", s.count(), ENDPOINTS);
+                    prop_assert_eq!(s.count(), ejected);
+                }
+                // Whatever happened, once everything has recovered an endpoint is ejected again.
+                s.recover_all();
+                prop_assert_eq!(s.count(), 0);
+                s.record(&s.current[0], Outcome::Success);
+                let mut last = Transition::None;
+                for _ in 0..THRESHOLD {
+                    last = s.record(&s.current[0], Outcome::Failure);
+                }
+                prop_assert_eq!(last, Transition::Ejected);
+                prop_assert_eq!(s.count(), 1);
+            }
+        }
     }
 }

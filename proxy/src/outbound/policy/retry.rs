@@ -30,12 +30,23 @@ pub fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
+/// Marks a response that a peer proxy sent (in its extensions): only such a response's
+/// `strait-error` is the word of a proxy. A peer's inbound side removes its application's own
+/// `strait-error`, and a server outside the mesh may send anything.
+#[derive(Copy, Clone, Debug)]
+pub struct FromPeerProxy;
+
 /// Whether the request never reached the application: our connection to the peer failed, or the
-/// peer proxy could not connect to its application.
+/// peer proxy says it could not connect to its application. A `strait-error: connect-failed` from
+/// anyone else (an application, a server outside the mesh) is not believed: it would make a POST
+/// that did reach a server look safe to send again.
 pub fn never_reached_server(result: &Result<Upstream, ProxyError>) -> bool {
     match result {
         Err(ProxyError::ConnectFailed(_)) => true,
-        Ok(rsp) => rsp.headers().get(STRAIT_ERROR).is_some_and(|v| v == "connect-failed"),
+        Ok(rsp) => {
+            rsp.extensions().get::<FromPeerProxy>().is_some()
+                && rsp.headers().get(STRAIT_ERROR).is_some_and(|v| v == "connect-failed")
+        }
         Err(_) => false,
     }
 }

@@ -93,6 +93,13 @@ impl Logical {
         for gone in self.balancer.update(&profile.endpoints) {
             let _ = metrics.circuit_open.remove_label_values(&[&self.name, &gone.label]);
         }
+        if policy.circuit.consecutive_failures > 0 {
+            // With a breaker, every endpoint has its `strait_circuit_open` series from the start (0:
+            // closed), so "nothing ejected" reads as 0 rather than as no data; a 1 already set stays.
+            for s in self.balancer.snapshot().iter() {
+                let _ = metrics.circuit_open.with_label_values(&[&self.name, &s.label]);
+            }
+        }
         let same = |f: &dyn Fn(&Policy) -> bool| cur.as_ref().is_some_and(|c| f(&c.policy));
         let budget = match cur.as_ref() {
             Some(c)
