@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 
 use crate::{
-    CaSource, Config, IdentityConfig,
+    CaSource, Config, IdentityConfig, discovery,
     identity::ca::IssuerFiles,
     k8s,
     logging::LogFormat,
@@ -78,6 +78,10 @@ pub struct Args {
     /// Injector webhook HTTPS listen address (Kubernetes mode, with --webhook-cert and --webhook-key).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: SocketAddr,
+    /// Subscriptions one discovery stream (one proxy) may hold; past it the stream ends with
+    /// RESOURCE_EXHAUSTED naming the cap, and the proxy backs off before it reconnects.
+    #[arg(long, value_name = "N", default_value_t = discovery::DEFAULT_MAX_SUBSCRIPTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_subscriptions: u64,
     /// The webhook's serving certificate (PEM; intermediates may follow), re-read when it changes.
     #[arg(long, value_name = "FILE", requires = "webhook_key")]
     pub webhook_cert: Option<PathBuf>,
@@ -146,6 +150,10 @@ impl Args {
             admin_addr: self.admin_addr,
             cluster_domain: self.cluster_domain.clone(),
             identity,
+            limits: discovery::Limits {
+                max_subscriptions: usize::try_from(self.max_subscriptions).unwrap_or(usize::MAX),
+                ..base.limits
+            },
             ..base
         })
     }

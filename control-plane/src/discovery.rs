@@ -77,7 +77,7 @@ pub enum StreamError {
     UnknownMessage,
     #[error("the request stream could not be read: {0}")]
     Receive(String),
-    #[error("more than {0} subscriptions on one stream")]
+    #[error("more than {0} subscriptions on one stream (the controller's --max-subscriptions)")]
     TooManySubscriptions(usize),
     #[error("the controller is shutting down")]
     ShuttingDown,

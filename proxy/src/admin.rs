@@ -3,6 +3,10 @@
 //!
 //! It keeps serving while the proxy drains (until the process exits), so probes see `/ready`
 //! answer 503 `draining` and metrics can be scraped to the end.
+//!
+//! Anyone who reaches it can open connections, so they are bounded: a request head must arrive
+//! within `STRAIT_ADMIN_HEADER_TIMEOUT` (slow-loris clients are closed) and at most
+//! `STRAIT_ADMIN_MAX_CONNECTIONS` are served at once (past it, new ones are closed and counted).
 
 pub mod probe;
 
@@ -17,6 +21,7 @@ use http::{Method, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use crate::transport::{Admitted, ConnectionLimit};
 use crate::{config::Config, drain::Drain, http::Body, http::errors::STRAIT_ERROR, metrics::Metrics, ready::Readiness};
 
 /// The `strait-error` value of a failed application probe.
@@ -34,6 +39,7 @@ pub struct Admin {
 
 impl Admin {
     pub async fn serve(self, listener: TcpListener) {
+        let limit = ConnectionLimit::new(self.cfg.admin_max_connections, "admin", &self.metrics);
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(a) => a,
@@ -43,19 +49,24 @@ impl Admin {
                     continue;
                 }
             };
+            let Some(Admitted { tcp, slot }) = limit.admit(tcp, peer) else { continue };
             // The address the caller dialled (the pod IP for kubelet): the default `Host` of a probe.
             let local = tcp.local_addr().map(|a| a.ip()).unwrap_or(self.cfg.admin_addr.ip());
             let admin = self.clone();
+            let header_timeout = self.cfg.admin_header_timeout;
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.route(req, peer, local).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "admin connection ended");
                 }
+                drop(slot);
             });
         }
     }

@@ -19,8 +19,40 @@ pub const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:7143";
 /// finds a listener. Skipped, with a log line, where IPv6 is off; listed addresses are never skipped.
 pub const DEFAULT_OUTBOUND_ADDR_V6: &str = "[::1]:7140";
 pub const DEFAULT_INBOUND_ADDR_V6: &str = "[::]:7143";
-/// All interfaces so Prometheus and the kubelet's probes can reach it.
-pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:7191";
+/// Loopback: the admin port answers `/config` and `/metrics` to whoever reaches it, so nothing
+/// outside the pod does unless asked. The injector sets `STRAIT_ADMIN_ADDR=0.0.0.0:7191` explicitly,
+/// since the kubelet's probes and Prometheus arrive on the pod's IP.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7191";
+/// A client of the admin port has this long to send a request's headers. Probes and scrapes send
+/// theirs in one packet; 10 s is well above a kubelet probe's default timeout (1 s) on a loaded
+/// node, yet closes a slow-loris connection long before many pile up.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent admin connections. A pod sees a few probes per container per period, a Prometheus
+/// scrape and an occasional `strait stat`; 64 leaves room for slow probes in every container while
+/// bounding what a flood of idle connections costs (past it, new connections are closed at once).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Concurrent connections per inbound or outbound listener. Each costs two file descriptors
+/// (client and upstream) and, while busy, two 16 KiB copy buffers: 10 000 keep a listener within a
+/// 65 536 open-files limit with room for the others and ~320 MB of buffers at worst, far above what a
+/// sidecar serves. Past it, new connections are closed at once and counted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A TLS handshake between proxies, either way: one round trip and a signature in-cluster, so 5 s
+/// is generous even for a CPU-throttled sidecar, while a peer that opens TCP and stalls mid-handshake
+/// (or a partial ClientHello) is closed instead of holding the connection forever.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent streams a client may open on one HTTP/2 connection to the proxy. A peer proxy carries
+/// every request its pod sends to one port of this pod over a single connection, so hyper's 200
+/// would queue a busy client behind its own requests; a stream costs a task and its header block
+/// (bodies are bounded by the connection's flow-control window, not by the stream count).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// An HTTP/2 connection to the proxy on which no request started for this long is closed
+/// gracefully (GOAWAY; open streams finish). Clients reconnect on demand with one handshake, and
+/// 10 min keeps bursty callers on warm connections while idle ones stop holding a task and buffers.
+pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Any HTTP/2 connection to the proxy is closed gracefully after this long, so a peer's
+/// certificate (checked at the handshake only) and the trust anchors are checked again at least
+/// this often: after an anchor rotation or a revoked workload, old connections do not live on.
+pub const DEFAULT_H2_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
 /// Where the controller runs and as whom, for the identity it proves to proxies by default: the
 /// chart installs it in this namespace with this ServiceAccount (the controller's default too).
 pub const DEFAULT_CONTROLLER_NAMESPACE: &str = "strait-system";
@@ -93,6 +125,13 @@ pub struct Config {
     pub outbound_opaque_ports: Vec<u16>,
     /// The application's kubelet probes, run through the admin port (`STRAIT_APP_PROBES`).
     pub app_probes: AppProbes,
+    pub admin_header_timeout: Duration,
+    pub admin_max_connections: usize,
+    /// Per inbound or outbound listener.
+    pub max_connections: usize,
+    pub tls_handshake_timeout: Duration,
+    /// Authorities followed through the controller at once (`STRAIT_MAX_SUBSCRIPTIONS`).
+    pub max_subscriptions: usize,
     /// Ports of the workload a peer proxy may name, besides those the controller's inbound policy
     /// lists (`STRAIT_INBOUND_PORTS`).
     pub inbound_ports: Vec<u16>,
@@ -185,6 +224,23 @@ impl Config {
             },
         };
 
+        let mut count = |key: &str, default: usize| -> usize {
+            match get(key) {
+                None => default,
+                Some(v) => match v.parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        errors.push(format!("{key}={v:?} is not a whole number >= 1"));
+                        default
+                    }
+                },
+            }
+        };
+        let admin_max_connections = count("STRAIT_ADMIN_MAX_CONNECTIONS", DEFAULT_ADMIN_MAX_CONNECTIONS);
+        let max_connections = count("STRAIT_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS);
+        let max_subscriptions =
+            count("STRAIT_MAX_SUBSCRIPTIONS", crate::discover::remote::DEFAULT_MAX_SUBSCRIPTIONS);
+
         let mut duration = |key: &str, default: Duration| -> Duration {
             match get(key) {
                 None => default,
@@ -198,6 +254,8 @@ impl Config {
         let connect_timeout = duration("STRAIT_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT);
         let discovery_wait = duration("STRAIT_DISCOVERY_WAIT", DEFAULT_DISCOVERY_WAIT);
         let shutdown_grace = duration("STRAIT_SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE);
+        let admin_header_timeout = duration("STRAIT_ADMIN_HEADER_TIMEOUT", DEFAULT_ADMIN_HEADER_TIMEOUT);
+        let tls_handshake_timeout = duration("STRAIT_TLS_HANDSHAKE_TIMEOUT", DEFAULT_TLS_HANDSHAKE_TIMEOUT);
         let shutdown_accept = match get("STRAIT_SHUTDOWN_ACCEPT_PERIOD") {
             // The default never outlasts a short grace period someone configured.
             None => DEFAULT_SHUTDOWN_ACCEPT_PERIOD.min(shutdown_grace),
@@ -298,6 +356,11 @@ impl Config {
             inbound_opaque_ports,
             outbound_opaque_ports,
             app_probes,
+            admin_header_timeout,
+            admin_max_connections,
+            max_connections,
+            tls_handshake_timeout,
+            max_subscriptions,
             inbound_ports,
         })
     }
@@ -354,7 +417,10 @@ mod tests {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.outbound_addr.to_string(), "127.0.0.1:7140");
         assert_eq!(c.inbound_addr.to_string(), "0.0.0.0:7143");
-        assert_eq!(c.admin_addr.to_string(), "0.0.0.0:7191");
+        // Loopback unless asked (the injector asks for 0.0.0.0:7191).
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:7191");
+        assert_eq!(c.admin_header_timeout, DEFAULT_ADMIN_HEADER_TIMEOUT);
+        assert_eq!((c.admin_max_connections, c.max_connections), (64, 10_000));
         assert_eq!(c.worker_threads, 1);
         // Dual-stack by default (the IPv6 listeners are skipped where IPv6 is off).
         assert_eq!(c.outbound_addrs, ["127.0.0.1:7140".parse().unwrap(), "[::1]:7140".parse().unwrap()]);

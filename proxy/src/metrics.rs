@@ -71,6 +71,9 @@ pub struct Metrics {
     /// `strait_identity_certificate_valid`: 1 while the proxy holds a certificate that has not expired.
     pub identity_valid: IntGauge,
     pub inbound_refused: IntCounterVec,
+    /// `strait_connections_refused_total{listener}`: closed at accept, the listener's connection
+    /// limit reached (`admin`, `inbound`, `outbound`).
+    pub connections_refused: IntCounterVec,
     pub retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounterVec,
     pub circuit_open: IntGaugeVec,
@@ -147,6 +150,15 @@ impl Metrics {
             "Inbound connections refused by policy (strict mode plaintext, TLS not meant for this proxy).",
             &["reason"],
         );
+        let connections_refused = counter(
+            "strait_connections_refused_total",
+            "Connections closed as soon as they were accepted because the listener's connection limit was reached.",
+            &["listener"],
+        );
+        // At 0 from the start, so an alert on the rate sees every listener.
+        for listener in ["admin", "inbound", "outbound"] {
+            connections_refused.with_label_values(&[listener]);
+        }
         let retries = counter("strait_retries_total", "Requests sent again, by reason.", &["dst_service", "reason"]);
         let retry_budget_exhausted = counter(
             "strait_retry_budget_exhausted_total",
@@ -231,6 +243,7 @@ impl Metrics {
             identity_expiry,
             identity_valid,
             inbound_refused,
+            connections_refused,
             retries,
             retry_budget_exhausted,
             circuit_open,

@@ -71,7 +71,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 workload: cfg.workload.clone(),
                 service_account: cfg.service_account.clone(),
             };
-            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone(), dns.clone(), cfg.discovery_wait);
+            let (d, task) = Discovery::remote(addr.clone(), who, metrics.clone(), dns.clone(), cfg.discovery_wait, cfg.max_subscriptions);
             discovery = d;
             tokio::spawn(task);
         }
@@ -88,8 +88,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             let store = identity::Store::new(spiffe, server_name);
             identity_store = Some(store.clone());
             let tls = match anchors {
-                Ok(path) => Tls::new(path, store.clone())?,
-                Err(pem) => Tls::from_pem(pem, store.clone())?,
+                Ok(path) => Tls::new(path, store.clone(), cfg.tls_handshake_timeout)?,
+                Err(pem) => Tls::from_pem(pem, store.clone(), cfg.tls_handshake_timeout)?,
             };
             let certifier = Certifier {
                 addr: addr.clone(),

@@ -574,10 +574,18 @@ impl Pod {
     }
 
     /// Starts `strait-proxy` in this pod as UID 7102 with its default listeners, on top of
-    /// `STRAIT_NAMESPACE=demo`, `STRAIT_WORKLOAD=<pod name>`, `STRAIT_LOG=info` and `env`; waits for
+    /// `STRAIT_NAMESPACE=demo`, `STRAIT_WORKLOAD=<pod name>`, `STRAIT_LOG=info`,
+    /// `STRAIT_ADMIN_ADDR=0.0.0.0:7191` and `env`; waits for
     /// `/ready` on the admin port.
     pub fn proxy(&self, env: &[(&str, &str)]) -> Process {
-        let mut full = vec![("STRAIT_NAMESPACE", "demo"), ("STRAIT_WORKLOAD", self.name.as_str()), ("STRAIT_LOG", "info")];
+        // The admin port on all interfaces, as the injector sets it: the node's probes and other
+        // pods reach it on the pod's IP (the proxy's own default is loopback).
+        let mut full = vec![
+            ("STRAIT_NAMESPACE", "demo"),
+            ("STRAIT_WORKLOAD", self.name.as_str()),
+            ("STRAIT_LOG", "info"),
+            ("STRAIT_ADMIN_ADDR", "0.0.0.0:7191"),
+        ];
         full.extend_from_slice(env);
         let mut p = self.ns.spawn(
             &format!("proxy-{}", self.name),

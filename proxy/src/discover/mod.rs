@@ -79,8 +79,9 @@ impl Discovery {
         metrics: crate::metrics::Metrics,
         dns: crate::dns::Dns,
         first_answer_timeout: std::time::Duration,
+        max_subscriptions: usize,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (client, task) = remote::Client::new(addr, who, metrics, dns, first_answer_timeout);
+        let (client, task) = remote::Client::new(addr, who, metrics, dns, first_answer_timeout, max_subscriptions);
         (Discovery { table: Arc::default(), remote: Some(client) }, task)
     }
 

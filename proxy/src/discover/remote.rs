@@ -5,6 +5,12 @@
 //! `strait_discovery_stale_seconds` tells how long the snapshot has gone unconfirmed). After a
 //! reconnection the controller sends every subscribed authority again; an answer equal to the one
 //! held changes nothing (counted as `unchanged`), so a controller restart is no update storm.
+//!
+//! The proxy holds at most `STRAIT_MAX_SUBSCRIPTIONS` authorities, below the controller's cap per
+//! stream: a new one past it replaces the least recently used (which is subscribed again when
+//! next used), so an application that dials ever new hosts never gets the stream refused. If the
+//! controller refuses it anyway (RESOURCE_EXHAUSTED: its cap is lower), the proxy keeps backing off
+//! between attempts instead of starting the backoff again after a long session.
 
 use std::{
     collections::HashMap,
@@ -34,6 +40,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A session that lasted this long was a working connection: the next failure starts the backoff
 /// again from its minimum.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// Authorities a proxy follows at once. An application talks to a few dozen; 1000 is far above
+/// that and a tenth of the controller's default cap per stream (10 000), so a proxy never runs into
+/// it, while an application that dials random hosts costs bounded memory here and there.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1000;
 /// Commands from the data path to the stream task: one per new authority, so a small bound.
 const COMMANDS: usize = 1024;
 
@@ -56,6 +66,7 @@ pub struct Client {
     epoch: Instant,
     first_answer_timeout: Duration,
     inbound: watch::Sender<Arc<pb::InboundPolicy>>,
+    max_subscriptions: usize,
     /// True once the controller has answered at all (its first message of a stream is the
     /// workload's inbound policy): `/ready` and the inbound side wait for it.
     synced: watch::Sender<bool>,
@@ -63,6 +74,8 @@ pub struct Client {
 
 enum Command {
     Subscribe(Arc<str>),
+    /// Evicted to stay within `max_subscriptions`.
+    Unsubscribe(Arc<str>),
 }
 
 #[derive(Clone)]
@@ -75,12 +88,14 @@ pub struct Identity {
 impl Client {
     /// The client and the task that runs its stream (spawn it).
     /// `first_answer_timeout`: how long a new authority waits for its first answer.
+    /// `max_subscriptions`: see [`DEFAULT_MAX_SUBSCRIPTIONS`].
     pub fn new(
         addr: String,
         who: Identity,
         metrics: Metrics,
         dns: Dns,
         first_answer_timeout: Duration,
+        max_subscriptions: usize,
     ) -> (Arc<Self>, impl Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(COMMANDS);
         let (inbound, _) = watch::channel(Arc::new(pb::InboundPolicy::default()));
@@ -91,6 +106,7 @@ impl Client {
             epoch: Instant::now(),
             first_answer_timeout,
             inbound,
+            max_subscriptions: max_subscriptions.max(1),
             synced,
         });
         let task = run(client.clone(), addr, who, metrics, dns, rx);
@@ -152,6 +168,16 @@ impl Client {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = entries.get(authority) {
             return e.clone();
+        }
+        if entries.len() >= self.max_subscriptions {
+            let oldest = entries.iter().min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed)).map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                entries.remove(&oldest);
+                tracing::debug!(authority = %oldest, "subscription limit reached; unsubscribing the least recently used");
+                // If the queue is full the controller keeps it until the next reconnect, which
+                // subscribes only the entries held.
+                let _ = self.commands.try_send(Command::Unsubscribe(oldest));
+            }
         }
         let key: Arc<str> = Arc::from(authority);
         let (answer, _) = watch::channel(Answer::Pending);
@@ -227,13 +253,24 @@ async fn run(
     let mut backoff = policy.build();
     loop {
         let started = Instant::now();
-        match session(&client, &addr, &who, &metrics, &dns, &mut commands).await {
-            Ok(()) => tracing::info!(%addr, "discovery stream closed by the controller"),
-            Err(e) => tracing::warn!(%addr, error = %e, "discovery stream failed; serving the last good answers"),
-        }
+        let refused = match session(&client, &addr, &who, &metrics, &dns, &mut commands).await {
+            Ok(()) => {
+                tracing::info!(%addr, "discovery stream closed by the controller");
+                false
+            }
+            Err(SessionError::Status(s)) if s.code() == tonic::Code::ResourceExhausted => {
+                tracing::warn!(%addr, error = %s.message(), "the controller refused this proxy's subscriptions (STRAIT_MAX_SUBSCRIPTIONS is above its cap); backing off");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "discovery stream failed; serving the last good answers");
+                false
+            }
+        };
         metrics.discovery_connected.set(0);
         metrics.discovery_lost();
-        if started.elapsed() > BACKOFF_RESET_AFTER {
+        // A refused stream will be refused again until subscriptions age out: no fresh start.
+        if started.elapsed() > BACKOFF_RESET_AFTER && !refused {
             backoff = policy.build();
         }
         tokio::time::sleep(backoff.next().unwrap_or(BACKOFF_MAX)).await;
@@ -307,6 +344,9 @@ async fn session(
                 Command::Subscribe(authority) => {
                     let _ = out_tx.send(req(watch_request::Request::Subscribe(pb::Subscribe { authority: authority.to_string() }))).await;
                 }
+                Command::Unsubscribe(authority) => {
+                    let _ = out_tx.send(req(watch_request::Request::Unsubscribe(pb::Unsubscribe { authority: authority.to_string() }))).await;
+                }
             },
             _ = sweep.tick() => {
                 for authority in client.sweep(DEFAULT_IDLE_UNSUBSCRIBE) {
@@ -358,5 +398,28 @@ fn apply(client: &Client, metrics: &Metrics, msg: pb::WatchResponse) -> Option<w
             metrics.discovery_updates.with_label_values(&["inbound-policy"]).inc();
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn past_the_cap_the_least_recently_used_authority_is_dropped() {
+        let (client, _task) = Client::new(
+            "127.0.0.1:1".into(),
+            Identity { namespace: "ns".into(), workload: "w".into(), service_account: "sa".into() },
+            Metrics::new(),
+            Dns::from_system(),
+            2,
+        );
+        client.subscribe("a:80");
+        client.subscribe("b:80").last_used.store(1, Ordering::Relaxed);
+        client.subscribe("a:80").last_used.store(2, Ordering::Relaxed);
+        client.subscribe("c:80");
+        let mut known: Vec<String> = client.known().iter().map(|k| k.to_string()).collect();
+        known.sort();
+        assert_eq!(known, ["a:80", "c:80"]);
     }
 }

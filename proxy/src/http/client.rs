@@ -100,6 +100,10 @@ impl Clients {
                             ProxyError::ConnectFailed(e)
                         }
                         HandshakeError::BadIdentity(_) => ProxyError::IdentityMismatch,
+                        HandshakeError::TimedOut(_) => {
+                            self.metrics.tls_handshakes.with_label_values(&["outbound", "timeout"]).inc();
+                            ProxyError::ConnectFailed(std::io::Error::new(std::io::ErrorKind::TimedOut, e))
+                        }
                     });
                 }
             },
@@ -191,11 +195,16 @@ pub struct H2Pool<K> {
 
 /// One destination's connection. `sender` is read on every request (a short std lock, never held
 /// across an await); `connecting` serialises connection set-up so a burst of first requests
-/// shares one handshake instead of opening one connection each.
+/// shares one handshake instead of opening one connection each. The set-up under it is bounded
+/// (connect timeout, then the TLS handshake timeout), and a request that waited for someone else's
+/// attempt fails with it instead of starting its own: behind a peer that stalls every handshake,
+/// each request waits for at most one attempt, not for every attempt queued ahead of it.
 #[derive(Default)]
 struct Slot {
     sender: Mutex<Option<http2::SendRequest<Body>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Connection attempts started (under `connecting`).
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl Slot {
@@ -238,10 +247,20 @@ impl<K: Eq + Hash + Clone> H2Pool<K> {
         Fut: Future<Output = Result<IO, ProxyError>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        use std::sync::atomic::Ordering;
+        let seen = slot.attempts.load(Ordering::Acquire);
         let _one_at_a_time = slot.connecting.lock().await;
         if let Some(tx) = slot.live() {
             return Ok(tx);
         }
+        if slot.attempts.load(Ordering::Acquire) != seen {
+            // The attempt this request waited for failed: nothing was sent, so the request may be
+            // retried, but not by queueing another attempt here.
+            return Err(ProxyError::ConnectFailed(std::io::Error::other(
+                "the connection attempt this request waited for failed",
+            )));
+        }
+        slot.attempts.fetch_add(1, Ordering::AcqRel);
         let io = connect().await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -95,7 +95,9 @@ impl Inbound {
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let drain = self.drain.clone();
-        crate::transport::accept_until_drained(listener, &drain, DIRECTION, |tcp, peer, watch| {
+        // Per listener (STRAIT_MAX_CONNECTIONS).
+        let limit = crate::transport::ConnectionLimit::new(self.cfg.max_connections, DIRECTION, &self.metrics);
+        crate::transport::accept_until_drained(listener, &drain, DIRECTION, &limit, |tcp, peer, watch| {
             self.clone().accept(tcp, peer, watch)
         })
         .await
@@ -134,7 +136,14 @@ impl Inbound {
         let io = Counted::new(tcp, &self.metrics, DIRECTION);
         match (&self.tls, is_tls) {
             (Some(tls), true) => {
-                let Some((stream, peer_id)) = self.handshake(tls, io, peer).await else { return };
+                // Bounded as a whole: ClientHello, then the rest of the handshake.
+                let handshake = tokio::time::timeout(self.cfg.tls_handshake_timeout, self.handshake(tls, io, peer));
+                let Ok(done) = handshake.await else {
+                    self.metrics.tls_handshakes.with_label_values(&[DIRECTION, "timeout"]).inc();
+                    tracing::debug!(%peer, "inbound TLS handshake timed out; closing");
+                    return;
+                };
+                let Some((stream, peer_id)) = done else { return };
                 self.serve_peer(stream, arrived, Some(peer_id), &watch).await
             }
             (_, false) if !self.strict() => {

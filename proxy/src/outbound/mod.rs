@@ -78,7 +78,9 @@ impl Outbound {
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let drain = self.drain.clone();
-        crate::transport::accept_until_drained(listener, &drain, DIRECTION, |tcp, _peer, watch| {
+        // Per listener (STRAIT_MAX_CONNECTIONS).
+        let limit = crate::transport::ConnectionLimit::new(self.cfg.max_connections, DIRECTION, &self.metrics);
+        crate::transport::accept_until_drained(listener, &drain, DIRECTION, &limit, |tcp, _peer, watch| {
             self.clone().accept(tcp, watch)
         })
         .await

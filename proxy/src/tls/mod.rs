@@ -6,6 +6,10 @@
 //! come from the identity store at every handshake; the anchors file is re-read when it changes,
 //! so an anchor rotation needs no restart. Anchors given as text (`STRAIT_TRUST_ANCHORS_PEM`, as the
 //! injector does) never change: a rotation there is a rollout.
+//!
+//! Every handshake this side starts is bounded (`STRAIT_TLS_HANDSHAKE_TIMEOUT`): a peer that
+//! accepts TCP and then stalls fails the connect instead of holding the caller (and anything
+//! waiting on the same endpoint) forever.
 
 mod resolve;
 mod verify;
@@ -13,6 +17,7 @@ mod verify;
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use rustls::{
@@ -41,6 +46,7 @@ pub enum TlsError {
 
 pub struct Tls {
     pub store: Arc<Store>,
+    handshake_timeout: Duration,
     /// `None`: the anchors came as text and are never re-read.
     anchors_path: Option<PathBuf>,
     configs: RwLock<Configs>,
@@ -61,6 +67,8 @@ pub enum HandshakeError {
     Failed(std::io::Error),
     #[error("{0:?} is not a valid identity")]
     BadIdentity(String),
+    #[error("TLS handshake did not complete within {0:?}")]
+    TimedOut(Duration),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -68,17 +76,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl Tls {
-    pub fn new(anchors_path: &Path, store: Arc<Store>) -> Result<Arc<Self>, TlsError> {
+    /// `handshake_timeout` bounds every handshake [`Tls::connect`] starts.
+    pub fn new(anchors_path: &Path, store: Arc<Store>, handshake_timeout: Duration) -> Result<Arc<Self>, TlsError> {
         let pem = std::fs::read(anchors_path)
             .map_err(|e| TlsError::Anchors(anchors_path.display().to_string(), e.to_string()))?;
         let configs = build(&pem, &anchors_path.display().to_string(), &store)?;
-        Ok(Arc::new(Tls { store, anchors_path: Some(anchors_path.to_path_buf()), configs: RwLock::new(configs) }))
+        Ok(Arc::new(Tls {
+            store,
+            handshake_timeout,
+            anchors_path: Some(anchors_path.to_path_buf()),
+            configs: RwLock::new(configs),
+        }))
     }
 
     /// The anchors as PEM text (`STRAIT_TRUST_ANCHORS_PEM`).
-    pub fn from_pem(pem: &str, store: Arc<Store>) -> Result<Arc<Self>, TlsError> {
+    pub fn from_pem(pem: &str, store: Arc<Store>, handshake_timeout: Duration) -> Result<Arc<Self>, TlsError> {
         let configs = build(pem.as_bytes(), "STRAIT_TRUST_ANCHORS_PEM", &store)?;
-        Ok(Arc::new(Tls { store, anchors_path: None, configs: RwLock::new(configs) }))
+        Ok(Arc::new(Tls { store, handshake_timeout, anchors_path: None, configs: RwLock::new(configs) }))
     }
 
     /// Re-reads the anchors file; a bad file is reported and the current anchors kept. Anchors
@@ -107,7 +121,9 @@ impl Tls {
         let name = identity::server_name_for(identity).ok_or_else(|| HandshakeError::BadIdentity(identity.into()))?;
         let name = ServerName::try_from(name).map_err(|_| HandshakeError::BadIdentity(identity.into()))?;
         let connector = tokio_rustls::TlsConnector::from(self.client_config());
-        connector.connect(name, tcp).await.map_err(|e| {
+        let handshake = tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp));
+        let Ok(done) = handshake.await else { return Err(HandshakeError::TimedOut(self.handshake_timeout)) };
+        done.map_err(|e| {
             let mismatch = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
