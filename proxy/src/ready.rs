@@ -66,6 +66,7 @@ mod tests {
             crate::metrics::Metrics::new(),
             crate::dns::Dns::from_system(),
             wait,
+            crate::discover::remote::DEFAULT_MAX_SUBSCRIPTIONS,
         );
         client
     }

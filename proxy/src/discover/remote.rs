@@ -412,6 +412,7 @@ mod tests {
             Identity { namespace: "ns".into(), workload: "w".into(), service_account: "sa".into() },
             Metrics::new(),
             Dns::from_system(),
+            Duration::from_secs(2),
             2,
         );
         client.subscribe("a:80");

@@ -185,9 +185,9 @@ mod tests {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let key = rcgen::KeyPair::generate().unwrap();
         let pem = params.self_signed(&key).unwrap().pem();
-        let tls = Tls::from_pem(&pem, store()).unwrap();
+        let tls = Tls::from_pem(&pem, store(), crate::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT).unwrap();
         assert!(!tls.reload_anchors().unwrap());
-        let e = Tls::from_pem("not a certificate", store()).err().unwrap();
+        let e = Tls::from_pem("not a certificate", store(), crate::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT).err().unwrap();
         assert!(e.to_string().contains("STRAIT_TRUST_ANCHORS_PEM"), "{e}");
     }
 }
