@@ -184,15 +184,61 @@ impl Netns {
         uid: Option<u32>,
         log_dir: &Path,
     ) -> Process {
+        self.spawn_with_binds(name, program, args, env, uid, log_dir, &[])
+    }
+
+    /// [`Netns::spawn`] in a private mount namespace of its own, where each `(source, target)`
+    /// folder of `binds` is bind-mounted on `target` (which must exist): a container's volume
+    /// mounts, so a path in a pod spec can be used as written while every pod sees its own files.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_with_binds(
+        &self,
+        name: &str,
+        program: impl AsRef<Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        log_dir: &Path,
+        binds: &[(PathBuf, PathBuf)],
+    ) -> Process {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt};
         let ns = File::open(self.path()).unwrap_or_else(|e| panic!("opening {}: {e}", self.path().display()));
         let fd = ns.as_raw_fd();
+        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("a path without NUL");
+        let binds: Vec<(CString, CString)> = binds.iter().map(|(s, t)| (cstr(s), cstr(t))).collect();
         let process = Process::spawn_with(name, program, args, env, log_dir, |cmd| {
             // SAFETY: runs between fork and exec, calling async-signal-safe syscalls only; `fd` stays
-            // open until after the spawn (it is close-on-exec).
+            // open until after the spawn (it is close-on-exec), the C strings were made before the fork.
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(io::Error::last_os_error());
+                    }
+                    if !binds.is_empty() {
+                        let root = c"/";
+                        if libc::unshare(libc::CLONE_NEWNS) != 0
+                            || libc::mount(
+                                std::ptr::null(),
+                                root.as_ptr(),
+                                std::ptr::null(),
+                                libc::MS_REC | libc::MS_PRIVATE,
+                                std::ptr::null(),
+                            ) != 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                        for (source, target) in &binds {
+                            if libc::mount(
+                                source.as_ptr(),
+                                target.as_ptr(),
+                                std::ptr::null(),
+                                libc::MS_BIND,
+                                std::ptr::null(),
+                            ) != 0
+                            {
+                                return Err(io::Error::last_os_error());
+                            }
+                        }
                     }
                     if let Some(uid) = uid {
                         if libc::setgroups(0, std::ptr::null()) != 0
@@ -594,6 +640,41 @@ impl Pod {
             &full,
             Some(PROXY_UID),
             &self.log_dir,
+        );
+        wait_ready(&self.ns, &mut p, self.admin());
+        p
+    }
+
+    /// Runs the proxy image's entrypoint with `args` in this pod, as root: an init container whose
+    /// `args` come from a pod spec (`init --proxy-uid 7102 ...`). Panics unless it succeeds.
+    pub fn init_container_ok(&self, args: &[&str]) -> String {
+        let proxy = bin("strait-proxy");
+        let mut argv = vec![proxy.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let out = self.ns.exec(&argv);
+        assert!(
+            out.status.success(),
+            "strait-proxy {args:?} in pod {} failed ({}):\n{}{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `strait-proxy` in this pod as UID 7102 with exactly `env` (nothing added, unlike
+    /// [`Pod::proxy`]) and the folder bind mounts `binds` (see [`Netns::spawn_with_binds`]); waits
+    /// for `/ready` on the admin port.
+    pub fn proxy_exactly(&self, env: &[(&str, &str)], binds: &[(PathBuf, PathBuf)]) -> Process {
+        let mut p = self.ns.spawn_with_binds(
+            &format!("proxy-{}", self.name),
+            proxy_binary(),
+            &[],
+            env,
+            Some(PROXY_UID),
+            &self.log_dir,
+            binds,
         );
         wait_ready(&self.ns, &mut p, self.admin());
         p

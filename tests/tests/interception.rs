@@ -609,3 +609,198 @@ fn kubelet_probes_reach_a_strict_pod_through_the_admin_port() {
     let mb = m.b.metrics();
     assert_eq!(value(&mb, "strait_inbound_refused_total", &[("reason", "strict-plaintext")]), 1.0, "{mb}");
 }
+
+/// A pod manifest as a user writes it: one `app` container, opted in to injection, with an
+/// httpGet readiness probe on a named port when `probe` is set.
+fn pod_manifest(name: &str, service_account: &str, probe: bool) -> serde_json::Value {
+    let mut app = serde_json::json!({
+        "name": "app",
+        "image": "strait-testsrv",
+        "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    });
+    if probe {
+        app["readinessProbe"] = serde_json::json!({"httpGet": {"path": "/ready-check", "port": "http"}});
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo", "annotations": {"strait.io/inject": "enabled"}},
+        "spec": {"serviceAccountName": service_account, "containers": [app]}
+    })
+}
+
+/// The containers of an injected pod, init containers first, by name.
+fn injected_container<'a>(pod: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|list| pod["spec"][list].as_array())
+        .flatten()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in the injected pod:\n{pod:#}"))
+}
+
+/// A pod as the injector wrote it, run the way a kubelet would: the `strait-init` container's args
+/// with the proxy image's entrypoint, then the `strait-proxy` container with its env (literal values
+/// as written; `fieldRef`s resolved like the downward API) and its token volume mounted at its
+/// `mountPath`, holding the workload's bootstrap token where the projected volume's `path` says.
+fn run_injected(cluster: &Cluster, pod: &Pod, injected: &serde_json::Value) -> Process {
+    let init = injected_container(injected, "strait-init");
+    let args: Vec<&str> =
+        init["args"].as_array().expect("strait-init has args").iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args.first(), Some(&"init"), "strait-init runs `strait-proxy init ...`: {args:?}");
+    pod.init_container_ok(&args);
+
+    let proxy = injected_container(injected, "strait-proxy");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut literals = Vec::new();
+    for e in proxy["env"].as_array().expect("strait-proxy has env") {
+        let name = e["name"].as_str().expect("env name").to_owned();
+        assert!(env.iter().all(|(k, _)| *k != name), "{name} injected twice:\n{proxy:#}");
+        let value = if let Some(v) = e.get("value") {
+            let v = v.as_str().unwrap_or_else(|| panic!("{name}: value is not a string")).to_owned();
+            literals.push((name.clone(), v.clone()));
+            v
+        } else {
+            match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => injected["metadata"]["name"].as_str().unwrap().to_owned(),
+                Some("metadata.namespace") => injected["metadata"]["namespace"].as_str().unwrap().to_owned(),
+                Some("status.podIP") => pod.ip4.to_string(),
+                Some("spec.serviceAccountName") => injected["spec"]["serviceAccountName"].as_str().unwrap().to_owned(),
+                other => panic!("{name}: a source the test does not resolve: {other:?} in {e}"),
+            }
+        };
+        env.push((name, value));
+    }
+
+    // The token volume: a folder of this pod's own, bind-mounted where the spec mounts it.
+    let mounts = proxy["volumeMounts"].as_array().expect("strait-proxy has volume mounts");
+    assert_eq!(mounts.len(), 1, "the proxy mounts only its token: {mounts:?}");
+    let mount_path = std::path::PathBuf::from(mounts[0]["mountPath"].as_str().unwrap());
+    let volume = injected["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mounts[0]["name"])
+        .expect("the mounted volume is in the pod");
+    let token_path =
+        volume["projected"]["sources"][0]["serviceAccountToken"]["path"].as_str().expect("a projected token");
+    let source = cluster.dir.join(format!("volume-{}", pod.name));
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join(token_path), format!("token-{}", pod.name)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(source.join(token_path), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::create_dir_all(&mount_path)
+        .unwrap_or_else(|e| panic!("creating the mount point {}: {e}", mount_path.display()));
+
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let p = pod.proxy_exactly(&pairs, &[(source, mount_path)]);
+
+    // What the proxy really got: the injected variables and nothing else of ours, every literal
+    // value unchanged.
+    let environ = std::fs::read(format!("/proc/{}/environ", p.pid())).expect("the proxy's environment");
+    let got: Vec<(String, String)> = environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+        .filter(|(k, _)| k.starts_with("STRAIT_"))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let mut want = env.clone();
+    want.sort();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want, "the proxy's STRAIT_* environment is the injected one");
+    for (k, v) in &literals {
+        assert!(got.iter().any(|(gk, gv)| gk == k && gv == v), "{k} was changed");
+    }
+    p
+}
+
+/// Issue 13: the injected pod spec is not just text. Two pods go through `inject_template` with
+/// the node's controller as discovery and identity; each runs what its spec says; the client
+/// reaches the server (strict, from the controller's workload entry) over mTLS, the node's
+/// plaintext is refused, and the rewritten readiness probe passes through the admin port.
+#[test]
+fn injected_pods_run_as_written_with_mtls_in_strict_mode_and_a_probe() {
+    use strait_controller::inject::{Context, InjectorConfig, Outcome, inject_template};
+    if !enabled("injected_pods_run_as_written_with_mtls_in_strict_mode_and_a_probe") {
+        return;
+    }
+    let cluster = Cluster::new("injected");
+    let (client, server) = (cluster.pod("client"), cluster.pod("server"));
+    let s4 = server.ip4;
+    cluster.start_controller(&format!(
+        r#"trustDomain: cluster.local
+workloads:
+  - {{name: client, namespace: demo, serviceAccount: client-sa, token: token-client}}
+  - {{name: server, namespace: demo, serviceAccount: server-sa, token: token-server, inboundMode: strict}}
+services:
+  - name: web
+    namespace: demo
+    clusterIP: {WEB_IP4}
+    ports: [{{port: 8080, protocol: http}}]
+    endpoints: [{{address: "{s4}:8080", proxy: "{s4}:7143", workload: server}}]
+"#
+    ));
+    assert!(cluster.has_identity(), "the node's controller serves identity");
+    let anchors =
+        std::fs::read_to_string(cluster.dir.join("trust-anchors.pem")).expect("the controller's trust anchors");
+    let node_addr = |port: u16| SocketAddr::from((netns::NODE_IP4, port)).to_string();
+    let config = InjectorConfig {
+        proxy_image: "strait-proxy:test".into(),
+        discovery_addr: node_addr(netns::DISCOVERY_PORT),
+        identity_addr: node_addr(netns::IDENTITY_PORT),
+        ..InjectorConfig::default()
+    };
+    config.validate().expect("a valid injector config");
+    let ctx = Context {
+        config: &config,
+        trust_anchors_pem: &anchors,
+        namespace: "demo",
+        namespace_annotations: None,
+        native_sidecars: true,
+    };
+    let inject = |manifest: serde_json::Value| match inject_template(&manifest, &ctx) {
+        Outcome::Injected { template, warnings } => {
+            assert!(warnings.is_empty(), "{warnings:?}");
+            template
+        }
+        other => panic!("not injected: {other:?}"),
+    };
+    let client_pod = inject(pod_manifest("client", "client-sa", false));
+    let server_pod = inject(pod_manifest("server", "server-sa", true));
+
+    let _app = server.app("http", "web-server", 8080);
+    let _server_proxy = run_injected(&cluster, &server, &server_pod);
+    let _client_proxy = run_injected(&cluster, &client, &client_pod);
+
+    // Client → server through both proxies, mTLS: the server's proxy vouches for the client.
+    let r = curl(&client, &format!("http://{WEB_IP4}:8080/hello"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with("web-server GET /hello"), "{}", r.body);
+    let client_id = "spiffe://cluster.local/ns/demo/sa/client-sa";
+    assert_eq!(r.header("x-seen-client-id"), client_id);
+    let ms = server.metrics();
+    assert_eq!(
+        value(&ms, "strait_requests_total", &[("direction", "inbound"), ("tls", "true"), ("peer_id", client_id)]),
+        1.0,
+        "{ms}"
+    );
+
+    // Strict: the node's plaintext to the app port is refused.
+    let node = cluster.node();
+    let direct = node.http(SocketAddr::from((s4, 8080)), "GET", "/hello", "web");
+    assert!(direct.is_err(), "strict mode answered plaintext from the node: {direct:?}");
+    let ms = server.metrics();
+    assert_eq!(value(&ms, "strait_inbound_refused_total", &[("reason", "strict-plaintext")]), 1.0, "{ms}");
+
+    // The readiness probe as the injector rewrote it, asked the way the kubelet asks it.
+    let probe = &injected_container(&server_pod, "app")["readinessProbe"]["httpGet"];
+    let (port, path) = (probe["port"].as_u64().expect("a numeric probe port") as u16, probe["path"].as_str().unwrap());
+    assert_eq!((port, path), (netns::ADMIN_PORT, "/app-probe/app/readiness"), "{probe}");
+    let ready = node.http(SocketAddr::from((s4, port)), "GET", path, &format!("{s4}:{port}")).unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.text(), "web-server GET /ready-check", "the application answered the probe");
+}
