@@ -26,9 +26,6 @@ RI = "$__rate_interval"
 # Selectors shared by the panels.
 OUT_NS = 'direction="outbound", dst_service!="", dst_namespace=~"$namespace"'
 OUT_SVC = 'direction="outbound", dst_namespace=~"$namespace", dst_service=~"$service"'
-# Inbound requests carry the authority the caller used (`orders:8080`, `orders.demo:8080`,
-# `orders.demo.svc.cluster.local:8080`), not the service: match the service's names.
-IN_SVC = 'direction="inbound", authority=~"($service)(\\\\.($namespace)(\\\\..*)?)?(:[0-9]+)?"'
 
 
 def rate(metric, sel, by=None):
@@ -191,16 +188,19 @@ def service():
             "s")
     b.panel("timeseries", "Responses by status", "",
             [(rate("strait_requests_total", OUT_SVC, "status_code"), "{{status_code}}")], "reqps", w=12)
-    b.panel("timeseries", "mTLS share", "Share of requests over mutual TLS, by direction.",
-            [(ratio(OUT_SVC, 'tls="true"'), "outbound"), (ratio(IN_SVC, 'tls="true"'), "inbound")], "percentunit",
-            w=12, minmax=(0, 1))
-    b.row("Inbound: the service's proxies, by peer (the caller's identity)")
-    b.panel("timeseries", "Requests by peer", "Requests the service's proxies received (matched by authority).",
-            [(rate("strait_requests_total", IN_SVC, "peer_id"), "{{peer_id}}")], "reqps")
-    b.panel("timeseries", "Success rate by peer", "",
-            [(ratio(IN_SVC, 'outcome="success"', "peer_id"), "{{peer_id}}")], "percentunit", minmax=(0, 1))
-    b.panel("timeseries", "Latency", "Time from the inbound proxy to the application's response headers.",
-            [(quantile(q, IN_SVC, "direction"), f"p{p}") for q, p in (("0.5", 50), ("0.95", 95), ("0.99", 99))], "s")
+    b.panel("timeseries", "mTLS share", "Share of requests to the service over mutual TLS.",
+            [(ratio(OUT_SVC, 'tls="true"'), "mTLS")], "percentunit", w=12, minmax=(0, 1))
+    # By caller, as the callers' proxies saw it: a service's own inbound proxies label requests with
+    # the mesh's names only (never the caller's Host), and with a controller they do not yet know
+    # which service they serve, so the caller side is the one that names the service.
+    b.row("Callers: requests to the service, by calling workload")
+    b.panel("timeseries", "Requests by caller", "Requests to the service, by the calling workload.",
+            [(rate("strait_requests_total", OUT_SVC, "src_workload"), "{{src_workload}}")], "reqps")
+    b.panel("timeseries", "Success rate by caller", "",
+            [(ratio(OUT_SVC, 'outcome="success"', "src_workload"), "{{src_workload}}")], "percentunit",
+            minmax=(0, 1))
+    b.panel("timeseries", "Latency seen by callers", "Time from the caller's proxy to the response headers.",
+            [(quantile(q, OUT_SVC, "direction"), f"p{p}") for q, p in (("0.5", 50), ("0.95", 95), ("0.99", 99))], "s")
     b.row("Resilience (callers' proxies)")
     b.panel("timeseries", "Retries", "Requests sent again, by reason.",
             [(rate("strait_retries_total", 'dst_service=~"$service"', "reason"), "{{reason}}")], "reqps", w=6)
